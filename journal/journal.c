@@ -1,0 +1,631 @@
+/* journal.c: the primary's LMDB write journal (see journal.h). */
+#include "journal.h"
+#include "kv.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+/*
+ * Log key: seq(8) type(1) disk(4) offset(8) length(4) inline(2) then the
+ * inline data bytes; the value holds the remaining data.  A point's value
+ * is id(8) time(8) kind(1) label.  Keys start with the big-endian sequence,
+ * so they sort by it and every append is an MDB_APPEND.
+ */
+#define LK_HDR 27
+#define JOURNAL_MAP (1ull << 40)	/* address space only; the file grows */
+
+struct journal {
+	MDB_env *env;
+	MDB_dbi log, meta, points;
+	MDB_txn *txn;		/* open write transaction, or NULL */
+	int txn_err;		/* sticky error of the open transaction */
+	uint64_t last_seq;	/* committed */
+	uint64_t next_seq;	/* next to hand out (in the open txn) */
+	uint8_t *scratch;
+	size_t scratch_len;
+	char err[256];
+};
+
+static int
+jfail(struct journal *j, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(j->err, sizeof(j->err), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+const char *
+journal_error(struct journal *j)
+{
+	return j->err;
+}
+
+static uint64_t
+load_last_seq(struct journal *j, MDB_txn *txn)
+{
+	MDB_cursor *c;
+	MDB_val k, d;
+	uint64_t seq = 0;
+
+	if (mdb_cursor_open(txn, j->log, &c) != 0)
+		return 0;
+	if (mdb_cursor_get(c, &k, &d, MDB_LAST) == 0 && k.mv_size >= 8)
+		seq = kv_get64(k.mv_data);
+	mdb_cursor_close(c);
+	return seq;
+}
+
+struct journal *
+journal_open(const char *dir, char *err, size_t errlen)
+{
+	struct journal *j;
+	MDB_txn *txn;
+	uint64_t epoch, applied;
+	int rc;
+
+	if ((j = calloc(1, sizeof(*j))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if ((rc = kv_env_open(&j->env, dir, 4, JOURNAL_MAP, MDB_NOSYNC)) != 0) {
+		snprintf(err, errlen, "journal %s: %s", dir, mdb_strerror(rc));
+		free(j);
+		return NULL;
+	}
+	if ((rc = mdb_txn_begin(j->env, NULL, 0, &txn)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "log", MDB_CREATE, &j->log)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &j->meta)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "points", MDB_CREATE, &j->points)) != 0)
+		goto fail;
+	if (kv_get_u64(txn, j->meta, JM_EPOCH, &epoch, 0) == MDB_NOTFOUND) {
+		if (getrandom(&epoch, sizeof(epoch), 0) != sizeof(epoch))
+			epoch = 0x5eed;
+		epoch |= 1;
+		if ((rc = kv_put_u64(txn, j->meta, JM_EPOCH, epoch)) != 0)
+			goto fail;
+	}
+	j->last_seq = load_last_seq(j, txn);
+	/* Sequences are never reused, even after a trim of everything. */
+	kv_get_u64(txn, j->meta, JM_APPLIED, &applied, 0);
+	if (applied > j->last_seq)
+		j->last_seq = applied;
+	j->next_seq = j->last_seq + 1;
+	if ((rc = mdb_txn_commit(txn)) != 0) {
+		txn = NULL;
+		goto fail;
+	}
+	mdb_env_sync(j->env, 1);
+	return j;
+fail:
+	snprintf(err, errlen, "journal %s: %s", dir, mdb_strerror(rc));
+	if (txn)
+		mdb_txn_abort(txn);
+	mdb_env_close(j->env);
+	free(j);
+	return NULL;
+}
+
+void
+journal_close(struct journal *j)
+{
+	if (j == NULL)
+		return;
+	if (j->txn)
+		journal_abort(j);
+	mdb_env_sync(j->env, 1);
+	mdb_env_close(j->env);
+	free(j->scratch);
+	free(j);
+}
+
+int
+journal_begin(struct journal *j)
+{
+	int rc;
+
+	if (j->txn)
+		return 0;
+	if ((rc = mdb_txn_begin(j->env, NULL, 0, &j->txn)) != 0) {
+		j->txn = NULL;
+		return jfail(j, "begin: %s", mdb_strerror(rc));
+	}
+	j->txn_err = 0;
+	j->next_seq = j->last_seq + 1;
+	return 0;
+}
+
+static int
+add_bytes(struct journal *j, const char *key, int64_t delta)
+{
+	uint64_t v;
+
+	kv_get_u64(j->txn, j->meta, key, &v, 0);
+	v = (delta < 0 && (uint64_t)-delta > v) ? 0 : v + (uint64_t)delta;
+	return kv_put_u64(j->txn, j->meta, key, v);
+}
+
+static int
+put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
+    uint32_t len, const void *data)
+{
+	uint8_t key[LK_HDR + KV_INLINE_MAX];
+	size_t inl = data ? kv_inline_len(len) : 0;
+	MDB_val k, d;
+	int rc;
+
+	if (j->txn == NULL || j->txn_err)
+		return jfail(j, "append outside a good transaction");
+	if (seq < j->next_seq)
+		return jfail(j, "sequence %llu out of order",
+		    (unsigned long long)seq);
+	kv_put64(key, seq);
+	key[8] = data ? JE_WRITE : JE_ZERO;
+	kv_put32(key + 9, disk);
+	kv_put64(key + 13, off);
+	kv_put32(key + 21, len);
+	key[25] = (uint8_t)(inl >> 8);
+	key[26] = (uint8_t)inl;
+	if (inl)
+		memcpy(key + LK_HDR, data, inl);
+	k.mv_size = LK_HDR + inl;
+	k.mv_data = key;
+	d.mv_size = data ? len - inl : 0;
+	d.mv_data = data ? (uint8_t *)data + inl : (void *)"";
+	if ((rc = mdb_put(j->txn, j->log, &k, &d, MDB_APPEND)) != 0 ||
+	    (data && (rc = add_bytes(j, "bytes", len)) != 0) ||
+	    (data && (rc = add_bytes(j, "cycle_bytes", len)) != 0)) {
+		j->txn_err = rc;
+		return jfail(j, "append: %s", mdb_strerror(rc));
+	}
+	j->next_seq = seq + 1;
+	return 0;
+}
+
+int
+journal_append(struct journal *j, uint32_t disk, uint64_t off, uint32_t len,
+    const void *data, uint64_t *seq)
+{
+	*seq = j->next_seq;
+	return put_data(j, j->next_seq, disk, off, len, data);
+}
+
+static void
+point_value(uint8_t *buf, size_t *len, uint64_t id, int64_t time_ms,
+    enum point_kind kind, const char *label, uint64_t seq, uint64_t bytes)
+{
+	size_t ll = label ? strnlen(label, JOURNAL_LABEL_MAX) : 0;
+
+	kv_put64(buf, id);
+	kv_put64(buf + 8, (uint64_t)time_ms);
+	buf[16] = (uint8_t)kind;
+	kv_put64(buf + 17, seq);
+	kv_put64(buf + 25, bytes);
+	if (ll)
+		memcpy(buf + 33, label, ll);
+	*len = 33 + ll;
+}
+
+static void
+parse_point(const uint8_t *p, size_t len, struct jentry *e)
+{
+	size_t ll;
+
+	e->point_id = kv_get64(p);
+	e->time_ms = (int64_t)kv_get64(p + 8);
+	e->kind = (enum point_kind)p[16];
+	e->length = (uint32_t)kv_get64(p + 25);
+	ll = len - 33 > JOURNAL_LABEL_MAX ? JOURNAL_LABEL_MAX : len - 33;
+	memcpy(e->label, p + 33, ll);
+	e->label[ll] = '\0';
+}
+
+static int
+put_point(struct journal *j, uint64_t seq, uint64_t id, int64_t time_ms,
+    enum point_kind kind, const char *label, uint64_t bytes)
+{
+	uint8_t key[LK_HDR], val[33 + JOURNAL_LABEL_MAX], pk[8];
+	size_t vlen;
+	MDB_val k = { LK_HDR, key }, d, p = { 8, pk };
+	int rc;
+
+	if (j->txn == NULL || j->txn_err)
+		return jfail(j, "append outside a good transaction");
+	if (seq < j->next_seq)
+		return jfail(j, "sequence %llu out of order",
+		    (unsigned long long)seq);
+	memset(key, 0, sizeof(key));
+	kv_put64(key, seq);
+	key[8] = JE_POINT;
+	point_value(val, &vlen, id, time_ms, kind, label, seq, bytes);
+	d.mv_size = vlen;
+	d.mv_data = val;
+	kv_put64(pk, id);
+	if ((rc = mdb_put(j->txn, j->log, &k, &d, MDB_APPEND)) != 0 ||
+	    (rc = mdb_put(j->txn, j->points, &p, &d, 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, JM_LAST_POINT, id)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, "cycle_bytes", 0)) != 0) {
+		j->txn_err = rc;
+		return jfail(j, "append point: %s", mdb_strerror(rc));
+	}
+	j->next_seq = seq + 1;
+	return 0;
+}
+
+int
+journal_append_point(struct journal *j, enum point_kind kind,
+    const char *label, int64_t time_ms, uint64_t *id, uint64_t *seq)
+{
+	uint64_t last, cycle;
+
+	if (j->txn == NULL || j->txn_err)
+		return jfail(j, "append outside a good transaction");
+	kv_get_u64(j->txn, j->meta, JM_LAST_POINT, &last, 0);
+	kv_get_u64(j->txn, j->meta, "cycle_bytes", &cycle, 0);
+	*id = last + 1;
+	*seq = j->next_seq;
+	return put_point(j, j->next_seq, last + 1, time_ms, kind, label,
+	    cycle);
+}
+
+int
+journal_put(struct journal *j, const struct jentry *e)
+{
+	switch (e->type) {
+	case JE_WRITE:
+		return put_data(j, e->seq, e->disk, e->offset, e->length,
+		    e->data);
+	case JE_ZERO:
+		return put_data(j, e->seq, e->disk, e->offset, e->length, NULL);
+	case JE_POINT:
+		return put_point(j, e->seq, e->point_id, e->time_ms, e->kind,
+		    e->label, e->length);
+	}
+	return jfail(j, "unknown entry type %d", e->type);
+}
+
+int
+journal_set(struct journal *j, const char *key, uint64_t v)
+{
+	int rc;
+
+	if (j->txn == NULL || j->txn_err)
+		return jfail(j, "set outside a good transaction");
+	if ((rc = kv_put_u64(j->txn, j->meta, key, v)) != 0) {
+		j->txn_err = rc;
+		return jfail(j, "set %s: %s", key, mdb_strerror(rc));
+	}
+	return 0;
+}
+
+int
+journal_commit(struct journal *j)
+{
+	int rc;
+
+	if (j->txn == NULL)
+		return 0;
+	if (j->txn_err) {
+		rc = j->txn_err;
+		journal_abort(j);
+		return jfail(j, "commit after error: %s", mdb_strerror(rc));
+	}
+	rc = mdb_txn_commit(j->txn);
+	j->txn = NULL;
+	if (rc != 0) {
+		j->next_seq = j->last_seq + 1;
+		return jfail(j, "commit: %s", mdb_strerror(rc));
+	}
+	j->last_seq = j->next_seq - 1;
+	return 0;
+}
+
+void
+journal_abort(struct journal *j)
+{
+	if (j->txn)
+		mdb_txn_abort(j->txn);
+	j->txn = NULL;
+	j->next_seq = j->last_seq + 1;
+}
+
+int
+journal_sync(struct journal *j)
+{
+	int rc;
+
+	if ((rc = mdb_env_sync(j->env, 1)) != 0)
+		return jfail(j, "sync: %s", mdb_strerror(rc));
+	return 0;
+}
+
+uint64_t
+journal_get(struct journal *j, const char *key)
+{
+	MDB_txn *txn;
+	uint64_t v = 0;
+
+	if (mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn) != 0)
+		return 0;
+	kv_get_u64(txn, j->meta, key, &v, 0);
+	mdb_txn_abort(txn);
+	return v;
+}
+
+uint64_t
+journal_last_seq(struct journal *j)
+{
+	return j->last_seq;
+}
+
+uint64_t
+journal_first_seq(struct journal *j)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_val k, d;
+	uint64_t seq = 0;
+
+	if (mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn) != 0)
+		return 0;
+	if (mdb_cursor_open(txn, j->log, &c) == 0) {
+		if (mdb_cursor_get(c, &k, &d, MDB_FIRST) == 0)
+			seq = kv_get64(k.mv_data);
+		mdb_cursor_close(c);
+	}
+	mdb_txn_abort(txn);
+	return seq;
+}
+
+uint64_t
+journal_bytes(struct journal *j)
+{
+	return journal_get(j, "bytes");
+}
+
+/* Decode one log record; write data is made contiguous in j->scratch. */
+static int
+decode(struct journal *j, const MDB_val *k, const MDB_val *d,
+    struct jentry *e)
+{
+	const uint8_t *p = k->mv_data;
+	size_t inl;
+
+	if (k->mv_size < LK_HDR)
+		return jfail(j, "corrupt journal key of %zu bytes", k->mv_size);
+	memset(e, 0, sizeof(*e));
+	e->seq = kv_get64(p);
+	e->type = (enum jentry_type)p[8];
+	e->disk = kv_get32(p + 9);
+	e->offset = kv_get64(p + 13);
+	e->length = kv_get32(p + 21);
+	inl = ((size_t)p[25] << 8) | p[26];
+	switch (e->type) {
+	case JE_WRITE:
+		if (inl != k->mv_size - LK_HDR ||
+		    inl + d->mv_size != e->length)
+			return jfail(j, "corrupt journal entry %llu",
+			    (unsigned long long)e->seq);
+		if (inl == 0) {
+			e->data = d->mv_data;
+			break;
+		}
+		if (j->scratch_len < e->length) {
+			uint8_t *n = realloc(j->scratch, e->length);
+
+			if (n == NULL)
+				return jfail(j, "out of memory");
+			j->scratch = n;
+			j->scratch_len = e->length;
+		}
+		memcpy(j->scratch, p + LK_HDR, inl);
+		memcpy(j->scratch + inl, d->mv_data, d->mv_size);
+		e->data = j->scratch;
+		break;
+	case JE_ZERO:
+		break;
+	case JE_POINT:
+		if (d->mv_size < 33)
+			return jfail(j, "corrupt point entry");
+		parse_point(d->mv_data, d->mv_size, e);
+		e->length = 0;
+		break;
+	default:
+		return jfail(j, "unknown journal entry type %d", e->type);
+	}
+	return 0;
+}
+
+int
+journal_read(struct journal *j, uint64_t from, size_t max_bytes,
+    journal_fn fn, void *arg)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_val k, d;
+	uint8_t key[8];
+	struct jentry e;
+	size_t bytes = 0;
+	int n = 0, rc, op = MDB_SET_RANGE;
+
+	if ((rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return jfail(j, "read: %s", mdb_strerror(rc));
+	if ((rc = mdb_cursor_open(txn, j->log, &c)) != 0) {
+		mdb_txn_abort(txn);
+		return jfail(j, "read: %s", mdb_strerror(rc));
+	}
+	kv_put64(key, from);
+	k.mv_size = 8;
+	k.mv_data = key;
+	while ((rc = mdb_cursor_get(c, &k, &d, op)) == 0) {
+		op = MDB_NEXT;
+		if (decode(j, &k, &d, &e) != 0) {
+			n = -1;
+			break;
+		}
+		n++;
+		if (e.type == JE_WRITE)
+			bytes += e.length;
+		if (fn(&e, arg) != 0 || bytes >= max_bytes)
+			break;
+	}
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		jfail(j, "read: %s", mdb_strerror(rc));
+		n = -1;
+	}
+	mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+	return n;
+}
+
+int
+journal_find_point(struct journal *j, uint64_t id, struct jentry *out)
+{
+	MDB_txn *txn;
+	MDB_val k, d;
+	uint8_t key[8];
+	int rc;
+
+	if (mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn) != 0)
+		return jfail(j, "find point: cannot begin");
+	kv_put64(key, id);
+	k.mv_size = 8;
+	k.mv_data = key;
+	rc = mdb_get(txn, j->points, &k, &d);
+	if (rc == 0 && d.mv_size >= 33) {
+		memset(out, 0, sizeof(*out));
+		out->type = JE_POINT;
+		parse_point(d.mv_data, d.mv_size, out);
+		out->seq = kv_get64((uint8_t *)d.mv_data + 17);
+	}
+	mdb_txn_abort(txn);
+	return rc == 0 ? 1 : rc == MDB_NOTFOUND ? 0 : -1;
+}
+
+int
+journal_points(struct journal *j, journal_fn fn, void *arg)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_val k, d;
+	struct jentry e;
+	int rc, op = MDB_FIRST;
+
+	if (mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn) != 0)
+		return jfail(j, "points: cannot begin");
+	if (mdb_cursor_open(txn, j->points, &c) != 0) {
+		mdb_txn_abort(txn);
+		return jfail(j, "points: cannot open cursor");
+	}
+	while ((rc = mdb_cursor_get(c, &k, &d, op)) == 0) {
+		op = MDB_NEXT;
+		if (d.mv_size < 33)
+			continue;
+		memset(&e, 0, sizeof(e));
+		e.type = JE_POINT;
+		parse_point(d.mv_data, d.mv_size, &e);
+		e.seq = kv_get64((uint8_t *)d.mv_data + 17);
+		if (fn(&e, arg) != 0)
+			break;
+	}
+	mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+	return 0;
+}
+
+int
+journal_forget_points(struct journal *j, uint64_t keep_from)
+{
+	MDB_cursor *c;
+	MDB_val k, d;
+	int rc;
+
+	if (journal_begin(j) != 0)
+		return -1;
+	if ((rc = mdb_cursor_open(j->txn, j->points, &c)) != 0) {
+		journal_abort(j);
+		return jfail(j, "forget points: %s", mdb_strerror(rc));
+	}
+	while ((rc = mdb_cursor_get(c, &k, &d, MDB_FIRST)) == 0 &&
+	    kv_get64(k.mv_data) < keep_from)
+		if ((rc = mdb_cursor_del(c, 0)) != 0)
+			break;
+	mdb_cursor_close(c);
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		journal_abort(j);
+		return jfail(j, "forget points: %s", mdb_strerror(rc));
+	}
+	return journal_commit(j);
+}
+
+int64_t
+journal_trim(struct journal *j, uint64_t upto)
+{
+	MDB_cursor *c;
+	MDB_val k, d;
+	int64_t n = 0;
+	uint64_t freed = 0;
+	int rc;
+
+	if (journal_begin(j) != 0)
+		return -1;
+	if ((rc = mdb_cursor_open(j->txn, j->log, &c)) != 0) {
+		journal_abort(j);
+		return jfail(j, "trim: %s", mdb_strerror(rc));
+	}
+	while ((rc = mdb_cursor_get(c, &k, &d, MDB_FIRST)) == 0) {
+		const uint8_t *p = k.mv_data;
+
+		if (k.mv_size < LK_HDR || kv_get64(p) > upto)
+			break;
+		if (p[8] == JE_WRITE)
+			freed += kv_get32(p + 21);
+		if ((rc = mdb_cursor_del(c, 0)) != 0)
+			break;
+		n++;
+	}
+	mdb_cursor_close(c);
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		journal_abort(j);
+		return jfail(j, "trim: %s", mdb_strerror(rc));
+	}
+	if (freed && add_bytes(j, "bytes", -(int64_t)freed) != 0) {
+		journal_abort(j);
+		return jfail(j, "trim: cannot update bytes");
+	}
+	if (journal_commit(j) != 0)
+		return -1;
+	return n;
+}
+
+int
+journal_reset(struct journal *j)
+{
+	int rc;
+
+	if (journal_begin(j) != 0)
+		return -1;
+	if ((rc = mdb_drop(j->txn, j->log, 0)) != 0 ||
+	    (rc = mdb_drop(j->txn, j->points, 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, JM_APPLIED, 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, "bytes", 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, "cycle_bytes", 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, JM_LAST_POINT, 0)) != 0) {
+		journal_abort(j);
+		return jfail(j, "reset: %s", mdb_strerror(rc));
+	}
+	j->last_seq = 0;
+	j->next_seq = 1;
+	if ((rc = mdb_txn_commit(j->txn)) != 0) {
+		j->txn = NULL;
+		return jfail(j, "reset: %s", mdb_strerror(rc));
+	}
+	j->txn = NULL;
+	return journal_sync(j);
+}

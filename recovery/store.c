@@ -1,0 +1,1442 @@
+/* store.c: the DR site's per-VM store (see store.h). */
+#include "store.h"
+#include "kv.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define STORE_MAP	(1ull << 42)	/* address space only */
+#define CHUNK_BYTES	(16u << 20)	/* data handled per transaction */
+#define PV_HDR		34		/* point value header */
+
+/* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data. */
+#define BR_ZERO 1
+
+struct store {
+	char *dir;
+	MDB_env *env;
+	MDB_dbi meta, points, undo, redo;
+	struct journal *stage;
+	int fds[STORE_MAX_DISKS];
+	char *paths[STORE_MAX_DISKS];
+	struct store_info info;
+	uint64_t rolling;	/* a failover playback is under way */
+	uint8_t *buf;		/* CHUNK_BYTES + a block */
+	char err[512];
+};
+
+/* ------------------------------------------------------------------ */
+/* errors, meta */
+
+static int
+sfail(struct store *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(s->err, sizeof(s->err), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+const char *
+store_error(struct store *s)
+{
+	return s->err;
+}
+
+const char *
+store_state_name(enum store_state st)
+{
+	switch (st) {
+	case STORE_NEW:
+		return "new";
+	case STORE_SYNCING:
+		return "syncing";
+	case STORE_NORMAL:
+		return "replicating";
+	case STORE_FAILEDOVER:
+		return "failed-over";
+	case STORE_COMMITTED:
+		return "committed";
+	}
+	return "unknown";
+}
+
+static int
+save_info(struct store *s, MDB_txn *txn)
+{
+	uint8_t blob[STORE_MAX_DISKS * 72];
+	MDB_val k = { 5, "disks" }, d = { s->info.ndisks * 72, blob };
+	int rc;
+
+	for (size_t i = 0; i < s->info.ndisks; i++) {
+		memcpy(blob + i * 72, s->info.disks[i].name, 64);
+		kv_put64(blob + i * 72 + 64, s->info.disks[i].size);
+	}
+	if ((rc = kv_put_u64(txn, s->meta, "state", s->info.state)) ||
+	    (rc = kv_put_u64(txn, s->meta, "epoch", s->info.epoch)) ||
+	    (rc = kv_put_u64(txn, s->meta, "applied", s->info.applied_seq)) ||
+	    (rc = kv_put_u64(txn, s->meta, "last_point",
+	    s->info.last_point)) ||
+	    (rc = kv_put_u64(txn, s->meta, "failover_point",
+	    s->info.failover_point)) ||
+	    (rc = kv_put_u64(txn, s->meta, "rolling", s->rolling)) ||
+	    (rc = kv_put_u64(txn, s->meta, "sync_done", s->info.sync_done)) ||
+	    (rc = kv_put_u64(txn, s->meta, "sync_total",
+	    s->info.sync_total)) ||
+	    (rc = mdb_put(txn, s->meta, &k, &d, 0)))
+		return rc;
+	return 0;
+}
+
+static int
+load_info(struct store *s, MDB_txn *txn)
+{
+	MDB_val k = { 5, "disks" }, d;
+	uint64_t v;
+
+	memset(&s->info, 0, sizeof(s->info));
+	kv_get_u64(txn, s->meta, "state", &v, STORE_NEW);
+	s->info.state = (enum store_state)v;
+	kv_get_u64(txn, s->meta, "epoch", &s->info.epoch, 0);
+	kv_get_u64(txn, s->meta, "applied", &s->info.applied_seq, 0);
+	kv_get_u64(txn, s->meta, "last_point", &s->info.last_point, 0);
+	kv_get_u64(txn, s->meta, "failover_point", &s->info.failover_point,
+	    0);
+	kv_get_u64(txn, s->meta, "rolling", &s->rolling, 0);
+	kv_get_u64(txn, s->meta, "sync_done", &s->info.sync_done, 0);
+	kv_get_u64(txn, s->meta, "sync_total", &s->info.sync_total, 0);
+	if (mdb_get(txn, s->meta, &k, &d) == 0) {
+		if (d.mv_size % 72 || d.mv_size / 72 > STORE_MAX_DISKS)
+			return MDB_CORRUPTED;
+		s->info.ndisks = d.mv_size / 72;
+		for (size_t i = 0; i < s->info.ndisks; i++) {
+			const uint8_t *p = (uint8_t *)d.mv_data + i * 72;
+
+			memcpy(s->info.disks[i].name, p, 64);
+			s->info.disks[i].name[63] = '\0';
+			s->info.disks[i].size = kv_get64(p + 64);
+		}
+	}
+	return 0;
+}
+
+/* Run a meta update in its own durable transaction. */
+static int
+commit_info(struct store *s)
+{
+	MDB_txn *txn;
+	int rc;
+
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return sfail(s, "store: %s", mdb_strerror(rc));
+	if ((rc = save_info(s, txn)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "store: %s", mdb_strerror(rc));
+	}
+	if ((rc = mdb_txn_commit(txn)) != 0 ||
+	    (rc = mdb_env_sync(s->env, 1)) != 0)
+		return sfail(s, "store commit: %s", mdb_strerror(rc));
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* disk images */
+
+static void
+close_disks(struct store *s)
+{
+	for (size_t i = 0; i < STORE_MAX_DISKS; i++) {
+		if (s->fds[i] >= 0)
+			close(s->fds[i]);
+		s->fds[i] = -1;
+		free(s->paths[i]);
+		s->paths[i] = NULL;
+	}
+}
+
+static int
+open_disks(struct store *s, int create)
+{
+	close_disks(s);
+	for (size_t i = 0; i < s->info.ndisks; i++) {
+		const struct store_disk *d = &s->info.disks[i];
+
+		if (asprintf(&s->paths[i], "%s/%s.img", s->dir, d->name) < 0) {
+			s->paths[i] = NULL;
+			return sfail(s, "out of memory");
+		}
+		s->fds[i] = open(s->paths[i], O_RDWR | O_CLOEXEC |
+		    (create ? O_CREAT : 0), 0600);
+		if (s->fds[i] == -1)
+			return sfail(s, "open %s: %s", s->paths[i],
+			    strerror(errno));
+		if (create && (ftruncate(s->fds[i], 0) == -1 ||
+		    ftruncate(s->fds[i], (off_t)d->size) == -1))
+			return sfail(s, "size %s: %s", s->paths[i],
+			    strerror(errno));
+	}
+	return 0;
+}
+
+const char *
+store_disk_path(struct store *s, size_t i)
+{
+	return i < s->info.ndisks ? s->paths[i] : NULL;
+}
+
+static int
+pwrite_all(struct store *s, uint32_t disk, uint64_t off, const void *data,
+    size_t len)
+{
+	const uint8_t *p = data;
+
+	while (len > 0) {
+		ssize_t n = pwrite(s->fds[disk], p, len, (off_t)off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return sfail(s, "write %s: %s", s->paths[disk],
+			    strerror(errno));
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int
+zero_range(struct store *s, uint32_t disk, uint64_t off, uint64_t len)
+{
+	static const uint8_t zeroes[65536];
+
+	if (fallocate(s->fds[disk], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	    (off_t)off, (off_t)len) == 0)
+		return 0;
+	while (len > 0) {
+		size_t n = len > sizeof(zeroes) ? sizeof(zeroes) : len;
+
+		if (pwrite_all(s, disk, off, zeroes, n) != 0)
+			return -1;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Read block BLK of DISK; returns its length (short at the end). */
+static ssize_t
+read_block(struct store *s, uint32_t disk, uint64_t blk, uint8_t *buf)
+{
+	uint64_t off = blk * STORE_BLOCK, size = s->info.disks[disk].size;
+	size_t len = size - off < STORE_BLOCK ? size - off : STORE_BLOCK;
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = pread(s->fds[disk], buf + got, len - got,
+		    (off_t)(off + got));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return sfail(s, "read %s: %s", s->paths[disk],
+			    strerror(errno));
+		if (n == 0) {
+			memset(buf + got, 0, len - got);
+			break;
+		}
+		got += (size_t)n;
+	}
+	return (ssize_t)len;
+}
+
+static int
+sync_disks(struct store *s)
+{
+	for (size_t i = 0; i < s->info.ndisks; i++)
+		if (fdatasync(s->fds[i]) == -1)
+			return sfail(s, "sync %s: %s", s->paths[i],
+			    strerror(errno));
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* block records (undo and redo) */
+
+static size_t
+br_prefix(uint8_t *key, const uint8_t *pre, size_t plen, uint32_t disk,
+    uint64_t blk)
+{
+	memcpy(key, pre, plen);
+	kv_put32(key + plen, disk);
+	kv_put64(key + plen + 4, blk);
+	return plen + 12;
+}
+
+/* Is there a record for (pre, disk, blk)?  1 yes, 0 no, -1 error. */
+static int
+br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
+    uint32_t disk, uint64_t blk)
+{
+	uint8_t key[32];
+	size_t kl = br_prefix(key, pre, plen, disk, blk);
+	MDB_cursor *c;
+	MDB_val k = { kl, key }, d;
+	int rc, found = 0;
+
+	if (mdb_cursor_open(txn, dbi, &c) != 0)
+		return -1;
+	rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+	if (rc == 0 && k.mv_size > kl && memcmp(k.mv_data, key, kl) == 0)
+		found = 1;
+	else if (rc != 0 && rc != MDB_NOTFOUND)
+		found = -1;
+	mdb_cursor_close(c);
+	return found;
+}
+
+static int
+is_zero(const uint8_t *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (p[i])
+			return 0;
+	return 1;
+}
+
+static int
+br_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
+    uint32_t disk, uint64_t blk, const uint8_t *data, size_t len)
+{
+	uint8_t key[32 + KV_INLINE_MAX];
+	size_t kl = br_prefix(key, pre, plen, disk, blk), inl = 0;
+	MDB_val k, d;
+
+	if (is_zero(data, len)) {
+		key[kl++] = BR_ZERO;
+		kv_put32(key + kl, (uint32_t)len);
+		kl += 4;
+		d.mv_size = 0;
+		d.mv_data = (void *)"";
+	} else {
+		key[kl++] = 0;
+		inl = kv_inline_len(len);
+		memcpy(key + kl, data, inl);
+		kl += inl;
+		d.mv_size = len - inl;
+		d.mv_data = (void *)(data + inl);
+	}
+	k.mv_size = kl;
+	k.mv_data = key;
+	return mdb_put(txn, dbi, &k, &d, 0);
+}
+
+/* Decode a record at (k, d) with prefix length PLEN into buf. */
+static int
+br_decode(const MDB_val *k, const MDB_val *d, size_t plen, uint32_t *disk,
+    uint64_t *blk, uint8_t *buf, size_t *len)
+{
+	const uint8_t *p = k->mv_data;
+	size_t hl = plen + 13;
+
+	if (k->mv_size < hl)
+		return -1;
+	*disk = kv_get32(p + plen);
+	*blk = kv_get64(p + plen + 4);
+	if (p[plen + 12] == BR_ZERO) {
+		if (k->mv_size != hl + 4)
+			return -1;
+		*len = kv_get32(p + hl);
+		if (*len > STORE_BLOCK)
+			return -1;
+		memset(buf, 0, *len);
+		return 0;
+	}
+	*len = k->mv_size - hl + d->mv_size;
+	if (*len > STORE_BLOCK)
+		return -1;
+	memcpy(buf, p + hl, k->mv_size - hl);
+	memcpy(buf + k->mv_size - hl, d->mv_data, d->mv_size);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* points */
+
+static void
+pt_encode(uint8_t *v, size_t *vl, const struct store_point *p, int merging)
+{
+	size_t ll = strnlen(p->label, JOURNAL_LABEL_MAX);
+
+	kv_put64(v, p->seq);
+	kv_put64(v + 8, (uint64_t)p->time_ms);
+	v[16] = (uint8_t)p->kind;
+	kv_put64(v + 17, p->bytes);
+	v[25] = (uint8_t)merging;
+	memset(v + 26, 0, 8);
+	memcpy(v + PV_HDR, p->label, ll);
+	*vl = PV_HDR + ll;
+}
+
+static int
+pt_decode(const MDB_val *k, const MDB_val *d, struct store_point *p)
+{
+	const uint8_t *v = d->mv_data;
+	size_t ll;
+
+	if (k->mv_size != 8 || d->mv_size < PV_HDR)
+		return -1;
+	memset(p, 0, sizeof(*p));
+	p->id = kv_get64(k->mv_data);
+	p->seq = kv_get64(v);
+	p->time_ms = (int64_t)kv_get64(v + 8);
+	p->kind = (enum point_kind)v[16];
+	p->bytes = kv_get64(v + 17);
+	ll = d->mv_size - PV_HDR;
+	if (ll > JOURNAL_LABEL_MAX)
+		ll = JOURNAL_LABEL_MAX;
+	memcpy(p->label, v + PV_HDR, ll);
+	return v[25];	/* merging flag */
+}
+
+static int
+pt_put(MDB_txn *txn, MDB_dbi dbi, const struct store_point *p, int merging)
+{
+	uint8_t key[8], val[PV_HDR + JOURNAL_LABEL_MAX];
+	size_t vl;
+	MDB_val k = { 8, key }, d;
+
+	kv_put64(key, p->id);
+	pt_encode(val, &vl, p, merging);
+	d.mv_size = vl;
+	d.mv_data = val;
+	return mdb_put(txn, dbi, &k, &d, 0);
+}
+
+/* Load every point row (merging ones too) into a malloc'd array. */
+static int
+pt_load(struct store *s, struct store_point **out, uint8_t **merging,
+    size_t *n)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_val k, d;
+	size_t cap = 0;
+	int rc, op = MDB_FIRST;
+
+	*out = NULL;
+	*merging = NULL;
+	*n = 0;
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return sfail(s, "points: %s", mdb_strerror(rc));
+	if ((rc = mdb_cursor_open(txn, s->points, &c)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "points: %s", mdb_strerror(rc));
+	}
+	while (mdb_cursor_get(c, &k, &d, op) == 0) {
+		struct store_point p;
+		int m;
+
+		op = MDB_NEXT;
+		if ((m = pt_decode(&k, &d, &p)) < 0)
+			continue;
+		if (*n == cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			struct store_point *np = realloc(*out,
+			    ncap * sizeof(**out));
+			uint8_t *nm = realloc(*merging, ncap);
+
+			if (np)
+				*out = np;
+			if (nm)
+				*merging = nm;
+			if (np == NULL || nm == NULL) {
+				rc = ENOMEM;
+				break;
+			}
+			cap = ncap;
+		}
+		(*out)[*n] = p;
+		(*merging)[*n] = (uint8_t)m;
+		(*n)++;
+	}
+	mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+	if (rc == ENOMEM) {
+		free(*out);
+		free(*merging);
+		*out = NULL;
+		*merging = NULL;
+		return sfail(s, "out of memory");
+	}
+	return 0;
+}
+
+int
+store_points(struct store *s, int (*fn)(const struct store_point *, void *),
+    void *arg)
+{
+	struct store_point *pts;
+	uint8_t *merging;
+	size_t n;
+
+	if (pt_load(s, &pts, &merging, &n) != 0)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		if (!merging[i] && fn(&pts[i], arg) != 0)
+			break;
+	free(pts);
+	free(merging);
+	return 0;
+}
+
+int
+store_find_point(struct store *s, uint64_t id, struct store_point *out)
+{
+	MDB_txn *txn;
+	uint8_t key[8];
+	MDB_val k = { 8, key }, d;
+	int rc, found = 0;
+
+	if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) != 0)
+		return sfail(s, "points: cannot begin");
+	kv_put64(key, id);
+	rc = mdb_get(txn, s->points, &k, &d);
+	if (rc == 0 && pt_decode(&k, &d, out) == 0)
+		found = 1;
+	mdb_txn_abort(txn);
+	return found;
+}
+
+/* ------------------------------------------------------------------ */
+/* open, close */
+
+static int repair(struct store *s);
+
+struct store *
+store_open(const char *dir, char *err, size_t errlen)
+{
+	struct store *s;
+	MDB_txn *txn = NULL;
+	char *path = NULL;
+	int rc;
+
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	for (size_t i = 0; i < STORE_MAX_DISKS; i++)
+		s->fds[i] = -1;
+	if ((s->dir = strdup(dir)) == NULL ||
+	    (s->buf = malloc(CHUNK_BYTES + STORE_BLOCK)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+		snprintf(err, errlen, "mkdir %s: %s", dir, strerror(errno));
+		goto fail;
+	}
+	if (asprintf(&path, "%s/store", dir) < 0) {
+		path = NULL;
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	if ((rc = kv_env_open(&s->env, path, 4, STORE_MAP, MDB_NOSYNC)) != 0) {
+		snprintf(err, errlen, "store %s: %s", path, mdb_strerror(rc));
+		goto fail;
+	}
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "points", MDB_CREATE, &s->points)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "undo", MDB_CREATE, &s->undo)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "redo", MDB_CREATE, &s->redo)) != 0 ||
+	    (rc = load_info(s, txn)) != 0 ||
+	    (rc = mdb_txn_commit(txn)) != 0) {
+		if (txn && rc != 0)
+			mdb_txn_abort(txn);
+		snprintf(err, errlen, "store %s: %s", path, mdb_strerror(rc));
+		goto fail;
+	}
+	free(path);
+	if (asprintf(&path, "%s/stage", dir) < 0) {
+		path = NULL;
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	if ((s->stage = journal_open(path, err, errlen)) == NULL)
+		goto fail;
+	free(path);
+	path = NULL;
+	if (open_disks(s, 0) != 0 || repair(s) != 0) {
+		snprintf(err, errlen, "%s", s->err);
+		goto fail;
+	}
+	return s;
+fail:
+	free(path);
+	store_close(s);
+	return NULL;
+}
+
+void
+store_close(struct store *s)
+{
+	if (s == NULL)
+		return;
+	close_disks(s);
+	if (s->stage)
+		journal_close(s->stage);
+	if (s->env) {
+		mdb_env_sync(s->env, 1);
+		mdb_env_close(s->env);
+	}
+	free(s->buf);
+	free(s->dir);
+	free(s);
+}
+
+int
+store_info(struct store *s, struct store_info *out)
+{
+	*out = s->info;
+	return 0;
+}
+
+uint64_t
+store_staged_bytes(struct store *s)
+{
+	return journal_bytes(s->stage);
+}
+
+uint64_t
+store_held_seq(struct store *s)
+{
+	uint64_t st = journal_last_seq(s->stage);
+
+	return st > s->info.applied_seq ? st : s->info.applied_seq;
+}
+
+/* ------------------------------------------------------------------ */
+/* initial copy */
+
+static int
+drop_db(struct store *s, MDB_txn *txn, MDB_dbi dbi)
+{
+	int rc = mdb_drop(txn, dbi, 0);
+
+	return rc ? sfail(s, "drop: %s", mdb_strerror(rc)) : 0;
+}
+
+int
+store_begin_sync(struct store *s, uint64_t epoch,
+    const struct store_disk *disks, size_t ndisks)
+{
+	MDB_txn *txn;
+	int rc;
+
+	if (ndisks == 0 || ndisks > STORE_MAX_DISKS)
+		return sfail(s, "%zu disks: 1 to %d allowed", ndisks,
+		    STORE_MAX_DISKS);
+	if (s->info.state == STORE_FAILEDOVER ||
+	    s->info.state == STORE_COMMITTED)
+		return sfail(s, "replica is %s",
+		    store_state_name(s->info.state));
+	if (journal_reset(s->stage) != 0)
+		return sfail(s, "%s", journal_error(s->stage));
+	s->info.state = STORE_SYNCING;
+	s->info.epoch = epoch;
+	s->info.applied_seq = 0;
+	s->info.last_point = 0;
+	s->info.failover_point = 0;
+	s->info.sync_done = 0;
+	s->info.sync_total = 0;
+	s->rolling = 0;
+	s->info.ndisks = ndisks;
+	memcpy(s->info.disks, disks, ndisks * sizeof(*disks));
+	if (open_disks(s, 1) != 0)
+		return -1;
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return sfail(s, "store: %s", mdb_strerror(rc));
+	if (drop_db(s, txn, s->points) || drop_db(s, txn, s->undo) ||
+	    drop_db(s, txn, s->redo) || (rc = save_info(s, txn)) != 0) {
+		mdb_txn_abort(txn);
+		return rc ? sfail(s, "store: %s", mdb_strerror(rc)) : -1;
+	}
+	if ((rc = mdb_txn_commit(txn)) != 0 ||
+	    (rc = mdb_env_sync(s->env, 1)) != 0)
+		return sfail(s, "store: %s", mdb_strerror(rc));
+	return 0;
+}
+
+static int
+check_range(struct store *s, uint32_t disk, uint64_t off, uint64_t len)
+{
+	if (disk >= s->info.ndisks)
+		return sfail(s, "disk %u out of range (%zu disks)", disk,
+		    s->info.ndisks);
+	if (off > s->info.disks[disk].size ||
+	    len > s->info.disks[disk].size - off)
+		return sfail(s, "range %llu+%llu beyond disk %s of %llu bytes",
+		    (unsigned long long)off, (unsigned long long)len,
+		    s->info.disks[disk].name,
+		    (unsigned long long)s->info.disks[disk].size);
+	return 0;
+}
+
+int
+store_sync_write(struct store *s, uint32_t disk, uint64_t off, uint32_t len,
+    const void *data)
+{
+	if (s->info.state != STORE_SYNCING)
+		return sfail(s, "no initial copy under way");
+	if (check_range(s, disk, off, len) != 0)
+		return -1;
+	return data ? pwrite_all(s, disk, off, data, len) :
+	    zero_range(s, disk, off, len);
+}
+
+int
+store_sync_progress(struct store *s, uint64_t done, uint64_t total)
+{
+	s->info.sync_done = done;
+	s->info.sync_total = total;
+	return 0;
+}
+
+int
+store_sync_done(struct store *s, uint64_t base_seq)
+{
+	if (s->info.state != STORE_SYNCING)
+		return sfail(s, "no initial copy under way");
+	if (sync_disks(s) != 0)
+		return -1;
+	s->info.state = STORE_NORMAL;
+	s->info.applied_seq = base_seq;
+	s->info.sync_done = s->info.sync_total;
+	return commit_info(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* staging and applying */
+
+int
+store_stage(struct store *s, const struct jentry *e, size_t n)
+{
+	uint64_t held = store_held_seq(s);
+
+	if (s->info.state == STORE_NEW || s->info.state == STORE_SYNCING)
+		return sfail(s, "journal entries before the initial copy "
+		    "completed");
+	if (s->info.state == STORE_COMMITTED)
+		return sfail(s, "replica was failed over and committed");
+	for (size_t i = 0; i < n; i++) {
+		if (e[i].type == JE_POINT)
+			continue;
+		if (e[i].type != JE_WRITE && e[i].type != JE_ZERO)
+			return sfail(s, "entry %llu: unknown type",
+			    (unsigned long long)e[i].seq);
+		if (e[i].type == JE_WRITE && e[i].length > STORE_MAX_ENTRY)
+			return sfail(s, "entry %llu of %u bytes over the %u cap",
+			    (unsigned long long)e[i].seq, e[i].length,
+			    STORE_MAX_ENTRY);
+		if (check_range(s, e[i].disk, e[i].offset, e[i].length) != 0)
+			return -1;
+	}
+	if (journal_begin(s->stage) != 0)
+		return sfail(s, "%s", journal_error(s->stage));
+	for (size_t i = 0; i < n; i++) {
+		if (e[i].seq <= held)
+			continue;
+		if (journal_put(s->stage, &e[i]) != 0) {
+			journal_abort(s->stage);
+			return sfail(s, "stage: %s", journal_error(s->stage));
+		}
+		held = e[i].seq;
+	}
+	if (journal_commit(s->stage) != 0)
+		return sfail(s, "stage: %s", journal_error(s->stage));
+	return 0;
+}
+
+int
+store_stage_sync(struct store *s, uint64_t *seq)
+{
+	if (journal_sync(s->stage) != 0)
+		return sfail(s, "stage: %s", journal_error(s->stage));
+	*seq = store_held_seq(s);
+	return 0;
+}
+
+struct chunk {
+	struct store *s;
+	uint64_t upto;		/* last seq of the interval */
+	struct jentry *e;
+	size_t n, cap;
+	size_t used;		/* bytes of s->buf in use */
+	uint64_t last;		/* last seq collected */
+	struct jentry point;	/* the marker, once reached */
+	int have_point;
+	int err;
+};
+
+static int
+collect(const struct jentry *e, void *arg)
+{
+	struct chunk *c = arg;
+
+	if (c->upto && e->seq > c->upto)
+		return 1;
+	if (e->type == JE_POINT) {
+		c->point = *e;
+		c->have_point = 1;
+		c->last = e->seq;
+		return 1;
+	}
+	if (e->type == JE_WRITE && c->n > 0 &&
+	    c->used + e->length > CHUNK_BYTES)
+		return 1;
+	if (c->n == c->cap) {
+		size_t ncap = c->cap ? c->cap * 2 : 256;
+		struct jentry *ne = realloc(c->e, ncap * sizeof(*ne));
+
+		if (ne == NULL) {
+			c->err = 1;
+			return 1;
+		}
+		c->e = ne;
+		c->cap = ncap;
+	}
+	c->e[c->n] = *e;
+	if (e->type == JE_WRITE) {
+		if (e->length > CHUNK_BYTES) {
+			c->err = 1;
+			return 1;
+		}
+		memcpy(c->s->buf + c->used, e->data, e->length);
+		c->e[c->n].data = c->s->buf + c->used;
+		c->used += e->length;
+	}
+	c->n++;
+	c->last = e->seq;
+	return 0;
+}
+
+/* Save the before-image of every block the chunk touches, first touch
+ * only, as undo records of point FROM; commit durably. */
+static int
+capture_undo(struct store *s, const struct chunk *c, uint64_t from)
+{
+	uint8_t pre[8], block[STORE_BLOCK];
+	MDB_txn *txn;
+	int rc;
+
+	kv_put64(pre, from);
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return sfail(s, "undo: %s", mdb_strerror(rc));
+	for (size_t i = 0; i < c->n; i++) {
+		const struct jentry *e = &c->e[i];
+		uint64_t b0, b1;
+
+		if (e->length == 0)
+			continue;
+		b0 = e->offset / STORE_BLOCK;
+		b1 = (e->offset + e->length - 1) / STORE_BLOCK;
+		for (uint64_t b = b0; b <= b1; b++) {
+			ssize_t len;
+			int ex = br_exists(txn, s->undo, pre, 8, e->disk, b);
+
+			if (ex < 0) {
+				rc = EIO;
+				goto fail;
+			}
+			if (ex)
+				continue;
+			if ((len = read_block(s, e->disk, b, block)) < 0) {
+				mdb_txn_abort(txn);
+				return -1;
+			}
+			if ((rc = br_put(txn, s->undo, pre, 8, e->disk, b,
+			    block, (size_t)len)) != 0)
+				goto fail;
+		}
+	}
+	if ((rc = mdb_txn_commit(txn)) != 0 ||
+	    (rc = mdb_env_sync(s->env, 1)) != 0)
+		return sfail(s, "undo commit: %s", mdb_strerror(rc));
+	return 0;
+fail:
+	mdb_txn_abort(txn);
+	return sfail(s, "undo: %s", mdb_strerror(rc));
+}
+
+static int
+write_chunk(struct store *s, const struct chunk *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		const struct jentry *e = &c->e[i];
+		int r = e->type == JE_WRITE ?
+		    pwrite_all(s, e->disk, e->offset, e->data, e->length) :
+		    zero_range(s, e->disk, e->offset, e->length);
+
+		if (r != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Apply the staged interval ending with the point at seq UPTO. */
+static int
+apply_point(struct store *s, const struct jentry *marker)
+{
+	struct chunk c;
+	struct store_point p;
+	uint64_t from = s->info.applied_seq + 1, bytes = 0;
+	MDB_txn *txn;
+	int rc;
+
+	memset(&c, 0, sizeof(c));
+	c.s = s;
+	c.upto = marker->seq;
+	for (;;) {
+		c.n = 0;
+		c.used = 0;
+		c.have_point = 0;
+		if (journal_read(s->stage, from, SIZE_MAX, collect, &c) < 0) {
+			free(c.e);
+			return sfail(s, "stage: %s", journal_error(s->stage));
+		}
+		if (c.err) {
+			free(c.e);
+			return sfail(s, "stage: out of memory");
+		}
+		for (size_t i = 0; i < c.n; i++)
+			bytes += c.e[i].type == JE_WRITE ? c.e[i].length : 0;
+		if (c.n > 0 && ((s->info.last_point &&
+		    capture_undo(s, &c, s->info.last_point) != 0) ||
+		    write_chunk(s, &c) != 0)) {
+			free(c.e);
+			return -1;
+		}
+		if (c.have_point || c.n == 0)
+			break;
+		from = c.last + 1;
+	}
+	free(c.e);
+	if (sync_disks(s) != 0)
+		return -1;
+	memset(&p, 0, sizeof(p));
+	p.id = marker->point_id;
+	p.seq = marker->seq;
+	p.time_ms = marker->time_ms;
+	p.kind = marker->kind;
+	p.bytes = bytes;
+	snprintf(p.label, sizeof(p.label), "%s", marker->label);
+	s->info.applied_seq = marker->seq;
+	s->info.last_point = marker->point_id;
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return sfail(s, "point: %s", mdb_strerror(rc));
+	if ((rc = pt_put(txn, s->points, &p, 0)) != 0 ||
+	    (rc = save_info(s, txn)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "point: %s", mdb_strerror(rc));
+	}
+	if ((rc = mdb_txn_commit(txn)) != 0 ||
+	    (rc = mdb_env_sync(s->env, 1)) != 0)
+		return sfail(s, "point commit: %s", mdb_strerror(rc));
+	if (journal_trim(s->stage, marker->seq) < 0)
+		return sfail(s, "stage trim: %s", journal_error(s->stage));
+	return 0;
+}
+
+static int
+find_marker(const struct jentry *e, void *arg)
+{
+	struct jentry *m = arg;
+
+	if (e->type != JE_POINT)
+		return 0;
+	*m = *e;
+	m->data = NULL;
+	return 1;
+}
+
+int
+store_apply(struct store *s)
+{
+	int n = 0;
+
+	while (s->info.state == STORE_NORMAL) {
+		struct jentry m;
+
+		memset(&m, 0, sizeof(m));
+		if (journal_read(s->stage, s->info.applied_seq + 1, SIZE_MAX,
+		    find_marker, &m) < 0)
+			return sfail(s, "stage: %s", journal_error(s->stage));
+		if (m.type != JE_POINT)
+			break;
+		if (apply_point(s, &m) != 0)
+			return -1;
+		n++;
+	}
+	return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* failover, cancel, commit */
+
+/* Play the undo records of point Q into the images, saving what they
+ * overwrite as redo records first. */
+static int
+play_undo(struct store *s, uint64_t q)
+{
+	uint8_t pre[8], key[32 + KV_INLINE_MAX], block[STORE_BLOCK];
+	size_t keylen = 8;
+	int rc, more = 1;
+
+	kv_put64(pre, q);
+	memcpy(key, pre, 8);
+	while (more) {
+		MDB_txn *txn;
+		MDB_cursor *cur;
+		MDB_val k = { keylen, key }, d;
+		struct {
+			uint32_t disk;
+			uint64_t blk;
+			size_t off, len;
+		} *recs = NULL;
+		size_t n = 0, cap = 0, used = 0;
+		int op = MDB_SET_RANGE;
+
+		if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+			return sfail(s, "failover: %s", mdb_strerror(rc));
+		if ((rc = mdb_cursor_open(txn, s->undo, &cur)) != 0) {
+			mdb_txn_abort(txn);
+			return sfail(s, "failover: %s", mdb_strerror(rc));
+		}
+		more = 0;
+		while ((rc = mdb_cursor_get(cur, &k, &d, op)) == 0) {
+			uint32_t disk;
+			uint64_t blk;
+			size_t len;
+
+			op = MDB_NEXT;
+			if (k.mv_size < 8 || memcmp(k.mv_data, pre, 8) != 0)
+				break;
+			if (used + STORE_BLOCK > CHUNK_BYTES) {
+				/* resume from this key next round */
+				keylen = k.mv_size < sizeof(key) ? k.mv_size :
+				    sizeof(key);
+				memcpy(key, k.mv_data, keylen);
+				more = 1;
+				break;
+			}
+			if (br_decode(&k, &d, 8, &disk, &blk, s->buf + used,
+			    &len) != 0 || disk >= s->info.ndisks) {
+				rc = MDB_CORRUPTED;
+				break;
+			}
+			if (n == cap) {
+				void *nr;
+
+				cap = cap ? cap * 2 : 1024;
+				if ((nr = realloc(recs, cap *
+				    sizeof(*recs))) == NULL) {
+					rc = ENOMEM;
+					break;
+				}
+				recs = nr;
+			}
+			recs[n].disk = disk;
+			recs[n].blk = blk;
+			recs[n].off = used;
+			recs[n].len = len;
+			n++;
+			used += len;
+			/* redo: first touch keeps the latest point's bytes */
+			rc = br_exists(txn, s->redo, NULL, 0, disk, blk);
+			if (rc < 0) {
+				rc = EIO;
+				break;
+			}
+			if (rc == 0) {
+				ssize_t bl = read_block(s, disk, blk, block);
+
+				if (bl < 0) {
+					rc = EIO;
+					break;
+				}
+				if ((rc = br_put(txn, s->redo, NULL, 0, disk,
+				    blk, block, (size_t)bl)) != 0)
+					break;
+			}
+			rc = 0;
+		}
+		mdb_cursor_close(cur);
+		if (rc != 0 && rc != MDB_NOTFOUND) {
+			mdb_txn_abort(txn);
+			free(recs);
+			return sfail(s, "failover: %s", rc == EIO ? s->err :
+			    mdb_strerror(rc));
+		}
+		if ((rc = mdb_txn_commit(txn)) != 0 ||
+		    (rc = mdb_env_sync(s->env, 1)) != 0) {
+			free(recs);
+			return sfail(s, "failover: %s", mdb_strerror(rc));
+		}
+		for (size_t i = 0; i < n; i++)
+			if (pwrite_all(s, recs[i].disk,
+			    recs[i].blk * STORE_BLOCK, s->buf + recs[i].off,
+			    recs[i].len) != 0) {
+				free(recs);
+				return -1;
+			}
+		free(recs);
+	}
+	return 0;
+}
+
+/* Write every redo record back: the images hold the latest point again. */
+static int
+restore_redo(struct store *s)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, d;
+	uint8_t block[STORE_BLOCK];
+	int rc, op = MDB_FIRST;
+
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return sfail(s, "cancel: %s", mdb_strerror(rc));
+	if ((rc = mdb_cursor_open(txn, s->redo, &cur)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "cancel: %s", mdb_strerror(rc));
+	}
+	while ((rc = mdb_cursor_get(cur, &k, &d, op)) == 0) {
+		uint32_t disk;
+		uint64_t blk;
+		size_t len;
+
+		op = MDB_NEXT;
+		if (br_decode(&k, &d, 0, &disk, &blk, block, &len) != 0 ||
+		    disk >= s->info.ndisks) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
+		if (pwrite_all(s, disk, blk * STORE_BLOCK, block, len) != 0) {
+			rc = EIO;
+			break;
+		}
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	if (rc != MDB_NOTFOUND)
+		return rc == EIO ? -1 : sfail(s, "cancel: %s",
+		    mdb_strerror(rc));
+	if (sync_disks(s) != 0)
+		return -1;
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return sfail(s, "cancel: %s", mdb_strerror(rc));
+	if ((rc = mdb_drop(txn, s->redo, 0)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "cancel: %s", mdb_strerror(rc));
+	}
+	s->rolling = 0;
+	s->info.state = STORE_NORMAL;
+	s->info.failover_point = 0;
+	if ((rc = save_info(s, txn)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "cancel: %s", mdb_strerror(rc));
+	}
+	if ((rc = mdb_txn_commit(txn)) != 0 ||
+	    (rc = mdb_env_sync(s->env, 1)) != 0)
+		return sfail(s, "cancel: %s", mdb_strerror(rc));
+	return 0;
+}
+
+int
+store_failover(struct store *s, uint64_t id)
+{
+	struct store_point *pts, target;
+	uint8_t *merging;
+	size_t n;
+
+	if (s->info.state == STORE_FAILEDOVER)
+		return sfail(s, "already failed over to point %llu (commit "
+		    "or cancel first)",
+		    (unsigned long long)s->info.failover_point);
+	if (s->info.state != STORE_NORMAL || s->info.last_point == 0)
+		return sfail(s, "no recovery point yet (replica is %s)",
+		    store_state_name(s->info.state));
+	if (id == 0)
+		id = s->info.last_point;
+	if (store_find_point(s, id, &target) != 1)
+		return sfail(s, "no recovery point %llu",
+		    (unsigned long long)id);
+	s->info.state = STORE_FAILEDOVER;
+	s->info.failover_point = id;
+	s->rolling = id != s->info.last_point;
+	if (commit_info(s) != 0)
+		return -1;
+	if (!s->rolling)
+		return 0;	/* the images hold it already: no copy */
+	if (pt_load(s, &pts, &merging, &n) != 0)
+		return -1;
+	for (size_t i = n; i-- > 0;) {
+		if (pts[i].id >= s->info.last_point || pts[i].id < id)
+			continue;
+		if (play_undo(s, pts[i].id) != 0) {
+			free(pts);
+			free(merging);
+			return -1;
+		}
+	}
+	free(pts);
+	free(merging);
+	if (sync_disks(s) != 0)
+		return -1;
+	s->rolling = 0;
+	return commit_info(s);
+}
+
+int
+store_cancel(struct store *s)
+{
+	if (s->info.state != STORE_FAILEDOVER)
+		return sfail(s, "not failed over (replica is %s)",
+		    store_state_name(s->info.state));
+	if (restore_redo(s) != 0)
+		return -1;
+	return store_apply(s) < 0 ? -1 : 0;
+}
+
+int
+store_commit(struct store *s)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, d;
+	int rc;
+
+	if (s->info.state != STORE_FAILEDOVER)
+		return sfail(s, "not failed over (replica is %s)",
+		    store_state_name(s->info.state));
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return sfail(s, "commit: %s", mdb_strerror(rc));
+	if ((rc = mdb_drop(txn, s->undo, 0)) != 0 ||
+	    (rc = mdb_drop(txn, s->redo, 0)) != 0 ||
+	    (rc = mdb_cursor_open(txn, s->points, &cur)) != 0)
+		goto fail;
+	while ((rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT)) == 0)
+		if (k.mv_size == 8 &&
+		    kv_get64(k.mv_data) != s->info.failover_point &&
+		    (rc = mdb_cursor_del(cur, 0)) != 0)
+			break;
+	mdb_cursor_close(cur);
+	if (rc != MDB_NOTFOUND)
+		goto fail;
+	s->info.state = STORE_COMMITTED;
+	s->info.last_point = s->info.failover_point;
+	if ((rc = save_info(s, txn)) != 0)
+		goto fail;
+	if ((rc = mdb_txn_commit(txn)) != 0 ||
+	    (rc = mdb_env_sync(s->env, 1)) != 0)
+		return sfail(s, "commit: %s", mdb_strerror(rc));
+	if (journal_trim(s->stage, UINT64_MAX) < 0)
+		return sfail(s, "stage: %s", journal_error(s->stage));
+	return 0;
+fail:
+	mdb_txn_abort(txn);
+	return sfail(s, "commit: %s", mdb_strerror(rc));
+}
+
+/* ------------------------------------------------------------------ */
+/* retention */
+
+/* Move the undo records of point P to PREV (or delete them if PREV is 0)
+ * where PREV has none for that block, then delete P's row.  P is marked
+ * merging first so it is never listed half-merged. */
+static int
+merge_point(struct store *s, const struct store_point *p, uint64_t prev)
+{
+	uint8_t pre[8], ppre[8], block[STORE_BLOCK];
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, d;
+	int rc, done = 0;
+
+	kv_put64(pre, p->id);
+	kv_put64(ppre, prev);
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return sfail(s, "retain: %s", mdb_strerror(rc));
+	if ((rc = pt_put(txn, s->points, p, 1)) != 0 ||
+	    (rc = mdb_txn_commit(txn)) != 0)
+		return sfail(s, "retain: %s", mdb_strerror(rc));
+	while (!done) {
+		int count = 0;
+
+		if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+			return sfail(s, "retain: %s", mdb_strerror(rc));
+		if ((rc = mdb_cursor_open(txn, s->undo, &cur)) != 0)
+			goto fail;
+		k.mv_size = 8;
+		k.mv_data = pre;
+		rc = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE);
+		while (rc == 0 && count < 4096) {
+			uint32_t disk;
+			uint64_t blk;
+			size_t len;
+
+			if (k.mv_size < 8 || memcmp(k.mv_data, pre, 8) != 0)
+				break;
+			if (br_decode(&k, &d, 8, &disk, &blk, block,
+			    &len) != 0) {
+				rc = MDB_CORRUPTED;
+				break;
+			}
+			if (prev) {
+				int ex = br_exists(txn, s->undo, ppre, 8,
+				    disk, blk);
+
+				if (ex < 0) {
+					rc = EIO;
+					break;
+				}
+				if (!ex && (rc = br_put(txn, s->undo, ppre, 8,
+				    disk, blk, block, len)) != 0)
+					break;
+				/* the put may move the cursor: find again */
+				uint8_t key[32];
+				size_t kl = br_prefix(key, pre, 8, disk, blk);
+				MDB_val fk = { kl, key };
+
+				if ((rc = mdb_cursor_get(cur, &fk, &d,
+				    MDB_SET_RANGE)) != 0)
+					break;
+				k = fk;
+			}
+			if ((rc = mdb_cursor_del(cur, 0)) != 0)
+				break;
+			count++;
+			rc = mdb_cursor_get(cur, &k, &d, MDB_GET_CURRENT);
+			if (rc == EINVAL)
+				rc = MDB_NOTFOUND;
+		}
+		if (rc == MDB_NOTFOUND || (rc == 0 && count < 4096))
+			done = 1;
+		else if (rc != 0) {
+			mdb_cursor_close(cur);
+			goto fail;
+		}
+		mdb_cursor_close(cur);
+		if (done) {
+			uint8_t key[8];
+			MDB_val pk = { 8, key };
+
+			kv_put64(key, p->id);
+			if ((rc = mdb_del(txn, s->points, &pk, NULL)) != 0)
+				goto fail;
+		}
+		if ((rc = mdb_txn_commit(txn)) != 0)
+			return sfail(s, "retain: %s", mdb_strerror(rc));
+	}
+	return 0;
+fail:
+	mdb_txn_abort(txn);
+	return sfail(s, "retain: %s", mdb_strerror(rc));
+}
+
+/* Finish merges a crash interrupted. */
+static int
+finish_merges(struct store *s)
+{
+	struct store_point *pts;
+	uint8_t *merging;
+	size_t n;
+	int r = 0;
+
+	if (pt_load(s, &pts, &merging, &n) != 0)
+		return -1;
+	for (size_t i = 0; i < n && r == 0; i++)
+		if (merging[i])
+			r = merge_point(s, &pts[i], i ? pts[i - 1].id : 0);
+	free(pts);
+	free(merging);
+	return r;
+}
+
+int
+store_retain(struct store *s, const struct retain_rule *rules,
+    size_t nrules, int64_t now_ms, int *dropped)
+{
+	struct store_point *pts;
+	uint8_t *merging, *keep;
+	int64_t *times;
+	size_t n, m = 0;
+	int r = 0;
+
+	*dropped = 0;
+	if (s->info.state != STORE_NORMAL || nrules == 0)
+		return 0;
+	if (pt_load(s, &pts, &merging, &n) != 0)
+		return -1;
+	times = calloc(n ? n : 1, sizeof(*times));
+	keep = calloc(n ? n : 1, 1);
+	if (times == NULL || keep == NULL) {
+		r = sfail(s, "out of memory");
+		goto out;
+	}
+	/* merging rows are already on their way out */
+	for (size_t i = 0; i < n; i++)
+		if (!merging[i])
+			pts[m++] = pts[i];
+	for (size_t i = 0; i < m; i++)
+		times[i] = pts[i].time_ms;
+	retention_select(times, m, rules, nrules, now_ms, keep);
+	for (size_t i = 0; i < m && r == 0; i++) {
+		if (keep[i] || pts[i].id == s->info.last_point)
+			continue;
+		/* merge into the row before (a dropped one stands for
+		 * the survivor it merged into) */
+		uint64_t prev = i ? pts[i - 1].id : 0;
+
+		r = merge_point(s, &pts[i], prev);
+		if (r == 0) {
+			(*dropped)++;
+			keep[i] = 0;
+			/* later points merge into the last survivor */
+			pts[i].id = prev;
+		}
+	}
+out:
+	free(times);
+	free(keep);
+	free(pts);
+	free(merging);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* repair on open */
+
+static int
+repair(struct store *s)
+{
+	if (s->rolling && s->info.state == STORE_FAILEDOVER) {
+		/* a failover playback was cut short: back to latest */
+		if (restore_redo(s) != 0)
+			return -1;
+	}
+	if (finish_merges(s) != 0)
+		return -1;
+	return store_apply(s) < 0 ? -1 : 0;
+}

@@ -1,0 +1,207 @@
+/*
+ * daemon.h: a map of the daemon.  Prototypes are grouped under the file
+ * that defines them, in the order data flows: NBD write -> journal (vm.c)
+ * -> shipper (ship.c) -> SSH link (link.c) -> wire -> receiver (recv.c)
+ * -> recovery store.  control.c serves the CLI; main.c owns start-up.
+ */
+#ifndef REPLICAD_DAEMON_H
+#define REPLICAD_DAEMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "frame.h"
+#include "journal.h"
+#include "store.h"
+
+struct event;
+struct event_base;
+struct evbuffer;
+struct bufferevent;
+struct nbd_req;
+struct link;
+struct ctl_conn;
+
+#define MAX_DISKS STORE_MAX_DISKS
+
+/* ------------------------------------------------------------------ */
+/* primary side */
+
+struct pdisk {
+	struct pvm *vm;
+	uint32_t idx;
+	int fd;
+	uint64_t size;
+	char *name;
+	char *export;		/* "vm/disk" */
+};
+
+/* A write waiting for its journal transaction to commit. */
+struct pop {
+	uint32_t disk;
+	uint64_t off;
+	uint32_t len;
+	uint8_t *data;		/* NULL: zero the range */
+	uint64_t seq;		/* its last journal entry */
+	struct nbd_req *req;	/* NULL for a flush-only waiter */
+};
+
+enum ship_phase {
+	SHIP_DOWN = 0,		/* link not ready */
+	SHIP_ANNOUNCED,		/* waiting for the DR site's VmState */
+	SHIP_SYNCING,		/* initial copy */
+	SHIP_STREAMING,		/* journal entries */
+	SHIP_REFUSED,		/* the DR site refused this VM */
+};
+
+struct waiter {
+	uint64_t point;
+	struct ctl_conn *conn;
+};
+
+struct pvm {
+	struct daemon *d;
+	const struct cfg_vm *cfg;
+	struct journal *j;
+	struct pdisk disks[MAX_DISKS];
+	size_t ndisks;
+	struct link *link;
+
+	/* group commit */
+	struct event *ev_commit;
+	struct pop *ops;
+	size_t nops, capops;
+	int need_sync;
+	uint64_t written_seq;	/* entries up to here are in the images */
+
+	/* shipping */
+	enum ship_phase phase;
+	uint64_t send_seq;	/* next entry to send */
+	uint64_t acked_seq;
+	uint64_t acked_point;
+	uint32_t sync_disk;
+	uint64_t sync_off;
+	uint64_t sync_base;
+	uint64_t sync_done, sync_total;
+	int64_t sync_started_ms;
+	char refused[256];
+
+	/* points */
+	int64_t next_point_ms;
+	int point_deferred;	/* cut one when the initial copy ends */
+	char deferred_label[JOURNAL_LABEL_MAX + 1];
+	struct waiter *waiters;
+	size_t nwaiters;
+	int64_t last_point_ms;
+	int64_t last_ack_ms;
+	uint64_t bytes_shipped;
+};
+
+/* vm.c */
+int vm_open_all(struct daemon *d);
+void vm_close_all(struct daemon *d);
+struct pvm *vm_find(struct daemon *d, const char *name);
+extern const struct nbd_backend vm_nbd_backend;
+/* Cut a point now; returns its id or 0 with err set. */
+uint64_t vm_cut_point(struct pvm *vm, enum point_kind kind,
+    const char *label, char *err, size_t errlen);
+void vm_tick(struct pvm *vm, int64_t now_ms);
+void vm_acked(struct pvm *vm, uint64_t seq, uint64_t point);
+json_t *vm_status_json(struct pvm *vm, int64_t now_ms);
+json_t *vm_points_json(struct pvm *vm);
+void vm_drop_waiters(struct daemon *d, struct ctl_conn *conn);
+
+/* ship.c */
+void ship_link_ready(struct link *l);
+void ship_link_down(struct link *l);
+int ship_on_msg(struct link *l, Replication__Msg *m);
+void ship_pump(struct link *l);
+
+/* ------------------------------------------------------------------ */
+/* link.c: the SSH transport to one peer */
+
+struct link *link_new(struct daemon *d, const struct cfg_peer *peer);
+void link_free(struct link *l);
+struct daemon *link_daemon(struct link *l);
+const struct cfg_peer *link_peer(struct link *l);
+int link_is_ready(struct link *l);
+const char *link_state(struct link *l);
+/* Queue a message; returns 0 or -1 (the link is then reset). */
+int link_send(struct link *l, const Replication__Msg *m, int compress);
+size_t link_queued(struct link *l);
+/* Drop the connection with a reason and reconnect after a backoff. */
+void link_reset(struct link *l, const char *why);
+void link_kick(struct link *l);
+
+/* ------------------------------------------------------------------ */
+/* DR side */
+
+struct rvm {
+	char *peer;
+	char *name;
+	char *dir;
+	struct store *store;
+	struct retain_rule keep[CFG_MAX_KEEP];
+	size_t nkeep;
+	struct rconn *conn;	/* the connection streaming into it */
+	int64_t last_recv_ms;
+	int64_t last_point_ms;
+	uint64_t unsynced;	/* bytes staged since the last ack */
+};
+
+/* recv.c */
+int recv_open_all(struct daemon *d);
+void recv_close_all(struct daemon *d);
+struct rvm *recv_find(struct daemon *d, const char *vm);
+/* Take over a control connection as the replication stream of PEER. */
+void recv_adopt(struct daemon *d, struct bufferevent *bev, const char *peer);
+json_t *recv_status_json(struct rvm *r, int64_t now_ms);
+json_t *recv_points_json(struct rvm *r);
+json_t *recv_failover(struct rvm *r, const char *point, char *err,
+    size_t errlen);
+int recv_cancel(struct rvm *r, char *err, size_t errlen);
+int recv_commit(struct rvm *r, char *err, size_t errlen);
+void recv_tick(struct daemon *d, int64_t now_ms);
+
+/* ------------------------------------------------------------------ */
+/* control.c */
+
+int control_open(struct daemon *d);
+void control_close(struct daemon *d);
+void control_reply(struct ctl_conn *c, json_t *reply);
+
+/* wire.c: frames over evbuffers */
+int wire_queue(struct evbuffer *out, const Replication__Msg *m,
+    int compress, char *err, size_t errlen);
+/* Decode every whole frame in IN and pass it to fn (which must not free
+ * it); returns 0, or -1 with err set on a bad frame or when fn fails. */
+int wire_drain(struct evbuffer *in, int (*fn)(Replication__Msg *, void *),
+    void *arg, char *err, size_t errlen);
+
+/* util.c */
+int64_t now_ms(void);
+void format_time(int64_t ms, char *buf, size_t len);	/* RFC 3339 UTC */
+const char *point_kind_name(enum point_kind k);
+
+/* ------------------------------------------------------------------ */
+
+struct daemon {
+	struct config cfg;
+	struct event_base *base;
+	struct nbd_server *nbd;
+	struct pvm *vms;
+	size_t nvms;
+	struct link **links;
+	size_t nlinks;
+	struct rvm **rvms;
+	size_t nrvms;
+	struct rconn *rconns;	/* list of receiving connections */
+	struct event *tick;
+	struct event *sigs[3];
+	struct ctl_listener *ctl;
+};
+
+#endif

@@ -1,0 +1,613 @@
+/*
+ * link.c: the SSH transport from this site to one peer: libssh2 in
+ * non-blocking mode, driven by libevent.  It connects, checks the peer's
+ * host key against known_hosts (an unknown or changed key refuses the
+ * connection), authenticates with the configured key, runs the remote
+ * `replicad serve` (the forced command of that key), exchanges
+ * Hello/Welcome, and then carries frames both ways.  After any failure it
+ * reconnects with exponential backoff; the shipper resumes from what the
+ * peer reports.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <libssh2.h>
+
+#include "daemon.h"
+#include "log.h"
+
+#define IO_CHUNK	(256u << 10)
+#define BACKOFF_MIN	500
+#define BACKOFF_MAX	30000
+#define CHAN_WINDOW	(16u << 20)
+
+enum lstate {
+	L_IDLE,		/* waiting for the backoff timer */
+	L_CONNECT,	/* TCP connect under way */
+	L_HANDSHAKE,
+	L_AUTH,
+	L_OPEN,
+	L_EXEC,
+	L_HELLO,	/* Hello sent, waiting for Welcome */
+	L_READY,
+};
+
+struct link {
+	struct daemon *d;
+	const struct cfg_peer *peer;
+	enum lstate st;
+	int fd;
+	LIBSSH2_SESSION *sess;
+	LIBSSH2_CHANNEL *chan;
+	struct event *ev_rd, *ev_wr, *ev_timer;
+	struct evbuffer *out, *in;
+	int backoff_ms;
+	char why[256];		/* last failure, for status */
+	uint8_t *iobuf;
+};
+
+static void link_step(struct link *l);
+
+static const char *state_names[] = { "idle", "connecting", "handshake",
+	"authenticating", "opening", "starting", "hello", "ready" };
+
+const char *
+link_state(struct link *l)
+{
+	static char buf[320];
+
+	if (l->st == L_READY || l->why[0] == '\0')
+		return state_names[l->st];
+	snprintf(buf, sizeof(buf), "%s (%s)", state_names[l->st], l->why);
+	return buf;
+}
+
+struct daemon *
+link_daemon(struct link *l)
+{
+	return l->d;
+}
+
+const struct cfg_peer *
+link_peer(struct link *l)
+{
+	return l->peer;
+}
+
+int
+link_is_ready(struct link *l)
+{
+	return l->st == L_READY;
+}
+
+size_t
+link_queued(struct link *l)
+{
+	return evbuffer_get_length(l->out);
+}
+
+static void
+teardown(struct link *l)
+{
+	if (l->chan) {
+		libssh2_channel_free(l->chan);
+		l->chan = NULL;
+	}
+	if (l->sess) {
+		libssh2_session_free(l->sess);
+		l->sess = NULL;
+	}
+	if (l->ev_rd) {
+		event_free(l->ev_rd);
+		l->ev_rd = NULL;
+	}
+	if (l->ev_wr) {
+		event_free(l->ev_wr);
+		l->ev_wr = NULL;
+	}
+	if (l->fd >= 0) {
+		close(l->fd);
+		l->fd = -1;
+	}
+	evbuffer_drain(l->out, evbuffer_get_length(l->out));
+	evbuffer_drain(l->in, evbuffer_get_length(l->in));
+}
+
+void
+link_reset(struct link *l, const char *why)
+{
+	struct timeval tv;
+	int was_ready = l->st == L_READY;
+
+	if (strcmp(l->why, why) != 0 || was_ready)
+		log_warnx("link %s: %s; retrying in %d ms", l->peer->name, why,
+		    l->backoff_ms);
+	snprintf(l->why, sizeof(l->why), "%s", why);
+	teardown(l);
+	l->st = L_IDLE;
+	if (was_ready)
+		ship_link_down(l);
+	tv.tv_sec = l->backoff_ms / 1000;
+	tv.tv_usec = (l->backoff_ms % 1000) * 1000;
+	evtimer_add(l->ev_timer, &tv);
+	l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX ? BACKOFF_MAX :
+	    l->backoff_ms * 2;
+}
+
+static void
+sess_fail(struct link *l, const char *what)
+{
+	char *msg = NULL, buf[320];
+
+	if (l->sess)
+		libssh2_session_last_error(l->sess, &msg, NULL, 0);
+	snprintf(buf, sizeof(buf), "%s%s%s", what, msg && *msg ? ": " : "",
+	    msg ? msg : "");
+	link_reset(l, buf);
+}
+
+/* Arm the socket events for what libssh2 waits on. */
+static void
+arm(struct link *l)
+{
+	int dir;
+
+	if (l->fd < 0)
+		return;
+	event_add(l->ev_rd, NULL);
+	dir = l->sess ? libssh2_session_block_directions(l->sess) : 0;
+	if (l->st == L_CONNECT || (dir & LIBSSH2_SESSION_BLOCK_OUTBOUND) ||
+	    (l->st == L_READY && evbuffer_get_length(l->out) > 0 &&
+	    (dir & LIBSSH2_SESSION_BLOCK_OUTBOUND)))
+		event_add(l->ev_wr, NULL);
+	else
+		event_del(l->ev_wr);
+}
+
+static void
+io_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	link_step(arg);
+}
+
+static void
+start_connect(struct link *l)
+{
+	struct addrinfo hints, *res = NULL, *ai;
+	char port[16], buf[320];
+	int fd = -1, rc;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	snprintf(port, sizeof(port), "%d", l->peer->port);
+	if ((rc = getaddrinfo(l->peer->host, port, &hints, &res)) != 0) {
+		snprintf(buf, sizeof(buf), "resolve %s: %s", l->peer->host,
+		    gai_strerror(rc));
+		link_reset(l, buf);
+		return;
+	}
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK |
+		    SOCK_CLOEXEC, ai->ai_protocol);
+		if (fd == -1)
+			continue;
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 ||
+		    errno == EINPROGRESS)
+			break;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd == -1) {
+		snprintf(buf, sizeof(buf), "connect %s:%d: %s", l->peer->host,
+		    l->peer->port, strerror(errno));
+		link_reset(l, buf);
+		return;
+	}
+	rc = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &rc, sizeof(rc));
+	l->fd = fd;
+	l->ev_rd = event_new(l->d->base, fd, EV_READ, io_cb, l);
+	l->ev_wr = event_new(l->d->base, fd, EV_WRITE, io_cb, l);
+	l->st = L_CONNECT;
+	arm(l);
+}
+
+static void
+timer_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct link *l = arg;
+
+	(void)fd;
+	(void)ev;
+	if (l->st == L_IDLE)
+		start_connect(l);
+}
+
+static int
+check_host_key(struct link *l)
+{
+	LIBSSH2_KNOWNHOSTS *kh;
+	struct libssh2_knownhost *found = NULL;
+	const char *key;
+	size_t klen;
+	int type, mask, rc;
+	char buf[512];
+
+	key = libssh2_session_hostkey(l->sess, &klen, &type);
+	if (key == NULL) {
+		link_reset(l, "peer sent no host key");
+		return -1;
+	}
+	switch (type) {
+	case LIBSSH2_HOSTKEY_TYPE_RSA:
+		mask = LIBSSH2_KNOWNHOST_KEY_SSHRSA;
+		break;
+	case LIBSSH2_HOSTKEY_TYPE_DSS:
+		mask = LIBSSH2_KNOWNHOST_KEY_SSHDSS;
+		break;
+	case LIBSSH2_HOSTKEY_TYPE_ECDSA_256:
+		mask = LIBSSH2_KNOWNHOST_KEY_ECDSA_256;
+		break;
+	case LIBSSH2_HOSTKEY_TYPE_ECDSA_384:
+		mask = LIBSSH2_KNOWNHOST_KEY_ECDSA_384;
+		break;
+	case LIBSSH2_HOSTKEY_TYPE_ECDSA_521:
+		mask = LIBSSH2_KNOWNHOST_KEY_ECDSA_521;
+		break;
+	case LIBSSH2_HOSTKEY_TYPE_ED25519:
+		mask = LIBSSH2_KNOWNHOST_KEY_ED25519;
+		break;
+	default:
+		mask = LIBSSH2_KNOWNHOST_KEY_UNKNOWN;
+	}
+	if ((kh = libssh2_knownhost_init(l->sess)) == NULL) {
+		sess_fail(l, "known_hosts");
+		return -1;
+	}
+	if (libssh2_knownhost_readfile(kh, l->peer->known_hosts,
+	    LIBSSH2_KNOWNHOST_FILE_OPENSSH) < 0) {
+		snprintf(buf, sizeof(buf), "cannot read known_hosts %s",
+		    l->peer->known_hosts);
+		libssh2_knownhost_free(kh);
+		link_reset(l, buf);
+		return -1;
+	}
+	rc = libssh2_knownhost_checkp(kh, l->peer->host, l->peer->port, key,
+	    klen, LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW |
+	    mask, &found);
+	libssh2_knownhost_free(kh);
+	switch (rc) {
+	case LIBSSH2_KNOWNHOST_CHECK_MATCH:
+		return 0;
+	case LIBSSH2_KNOWNHOST_CHECK_MISMATCH:
+		snprintf(buf, sizeof(buf), "host key of %s:%d CHANGED (not the "
+		    "key in %s): refusing to connect", l->peer->host,
+		    l->peer->port, l->peer->known_hosts);
+		break;
+	case LIBSSH2_KNOWNHOST_CHECK_NOTFOUND:
+		snprintf(buf, sizeof(buf), "host key of %s:%d is unknown (not "
+		    "in %s): refusing to connect", l->peer->host, l->peer->port,
+		    l->peer->known_hosts);
+		break;
+	default:
+		snprintf(buf, sizeof(buf), "host key of %s:%d could not be "
+		    "checked", l->peer->host, l->peer->port);
+	}
+	link_reset(l, buf);
+	return -1;
+}
+
+static void
+send_hello(struct link *l)
+{
+	Replication__Msg m = REPLICATION__MSG__INIT;
+	Replication__Hello h = REPLICATION__HELLO__INIT;
+
+	h.protocol = PROTOCOL_VERSION;
+	h.site = l->d->cfg.site_name;
+	m.body_case = REPLICATION__MSG__BODY_HELLO;
+	m.hello = &h;
+	l->st = L_HELLO;
+	link_send(l, &m, 0);
+}
+
+static int
+on_frame(Replication__Msg *m, void *arg)
+{
+	struct link *l = arg;
+	char buf[512];
+
+	if (l->st == L_HELLO) {
+		if (m->body_case == REPLICATION__MSG__BODY_ERROR) {
+			snprintf(buf, sizeof(buf), "peer refused: %s",
+			    m->error->message);
+			link_reset(l, buf);
+			return 1;
+		}
+		if (m->body_case != REPLICATION__MSG__BODY_WELCOME) {
+			link_reset(l, "peer answered hello with something "
+			    "else");
+			return 1;
+		}
+		if (m->welcome->protocol != PROTOCOL_VERSION) {
+			snprintf(buf, sizeof(buf), "peer speaks protocol %u, "
+			    "this site %u", m->welcome->protocol,
+			    PROTOCOL_VERSION);
+			link_reset(l, buf);
+			return 1;
+		}
+		if (strcmp(m->welcome->site, l->peer->name) != 0) {
+			snprintf(buf, sizeof(buf), "peer calls itself '%s', "
+			    "not '%s'", m->welcome->site, l->peer->name);
+			link_reset(l, buf);
+			return 1;
+		}
+		l->st = L_READY;
+		l->why[0] = '\0';
+		l->backoff_ms = BACKOFF_MIN;
+		log_info("link %s: ready (%s:%d)", l->peer->name,
+		    l->peer->host, l->peer->port);
+		ship_link_ready(l);
+		return 0;
+	}
+	if (ship_on_msg(l, m) != 0) {
+		link_reset(l, "protocol error");
+		return 1;
+	}
+	return 0;
+}
+
+/* Move bytes between the channel and the buffers; parse what came in. */
+static void
+pump(struct link *l)
+{
+	char err[256];
+	ssize_t n;
+
+	for (int round = 0; round < 64; round++) {
+		int moved = 0;
+
+		/* outbound */
+		while (evbuffer_get_length(l->out) > 0) {
+			size_t len = evbuffer_get_length(l->out);
+			uint8_t *p;
+
+			if (len > IO_CHUNK)
+				len = IO_CHUNK;
+			p = evbuffer_pullup(l->out, (ssize_t)len);
+			n = libssh2_channel_write(l->chan, (char *)p, len);
+			if (n == LIBSSH2_ERROR_EAGAIN)
+				break;
+			if (n < 0) {
+				sess_fail(l, "send");
+				return;
+			}
+			evbuffer_drain(l->out, (size_t)n);
+			moved = 1;
+		}
+		/* inbound */
+		for (;;) {
+			n = libssh2_channel_read(l->chan, (char *)l->iobuf,
+			    IO_CHUNK);
+			if (n == LIBSSH2_ERROR_EAGAIN)
+				break;
+			if (n < 0) {
+				sess_fail(l, "receive");
+				return;
+			}
+			if (n == 0) {
+				if (libssh2_channel_eof(l->chan)) {
+					link_reset(l, "peer closed the "
+					    "channel");
+					return;
+				}
+				break;
+			}
+			evbuffer_add(l->in, l->iobuf, (size_t)n);
+			moved = 1;
+		}
+		/* the remote command's complaints */
+		while ((n = libssh2_channel_read_stderr(l->chan,
+		    (char *)l->iobuf, IO_CHUNK - 1)) > 0) {
+			l->iobuf[n] = '\0';
+			while (n > 0 && (l->iobuf[n - 1] == '\n'))
+				l->iobuf[--n] = '\0';
+			log_warnx("link %s: remote: %s", l->peer->name,
+			    (char *)l->iobuf);
+			snprintf(l->why, sizeof(l->why), "remote: %s",
+			    (char *)l->iobuf);
+		}
+		if (evbuffer_get_length(l->in) >= FRAME_HDR) {
+			enum lstate before = l->st;
+
+			if (wire_drain(l->in, on_frame, l, err,
+			    sizeof(err)) != 0) {
+				if (l->st == before && l->fd >= 0)
+					link_reset(l, err[0] ? err :
+					    "bad frame");
+				return;
+			}
+			if (l->fd < 0)
+				return;	/* reset inside a handler */
+		}
+		if (l->st == L_READY) {
+			size_t before = evbuffer_get_length(l->out);
+
+			ship_pump(l);
+			if (l->fd < 0)
+				return;
+			if (evbuffer_get_length(l->out) > before)
+				moved = 1;
+		}
+		if (!moved)
+			break;
+	}
+}
+
+static void
+link_step(struct link *l)
+{
+	int rc;
+	socklen_t sl = sizeof(rc);
+
+	switch (l->st) {
+	case L_IDLE:
+		return;
+	case L_CONNECT:
+		if (getsockopt(l->fd, SOL_SOCKET, SO_ERROR, &rc, &sl) == -1 ||
+		    rc != 0) {
+			char buf[320];
+
+			snprintf(buf, sizeof(buf), "connect %s:%d: %s",
+			    l->peer->host, l->peer->port, strerror(rc));
+			link_reset(l, buf);
+			return;
+		}
+		if ((l->sess = libssh2_session_init()) == NULL) {
+			link_reset(l, "cannot create an SSH session");
+			return;
+		}
+		libssh2_session_set_blocking(l->sess, 0);
+		libssh2_keepalive_config(l->sess, 0, 15);
+		l->st = L_HANDSHAKE;
+		/* FALLTHROUGH */
+	case L_HANDSHAKE:
+		rc = libssh2_session_handshake(l->sess, l->fd);
+		if (rc == LIBSSH2_ERROR_EAGAIN)
+			break;
+		if (rc != 0) {
+			sess_fail(l, "SSH handshake");
+			return;
+		}
+		if (check_host_key(l) != 0)
+			return;
+		l->st = L_AUTH;
+		/* FALLTHROUGH */
+	case L_AUTH:
+		rc = libssh2_userauth_publickey_fromfile(l->sess,
+		    l->peer->user, NULL, l->peer->key, NULL);
+		if (rc == LIBSSH2_ERROR_EAGAIN)
+			break;
+		if (rc != 0) {
+			char buf[300];
+
+			snprintf(buf, sizeof(buf), "public key auth as %s with "
+			    "%s", l->peer->user, l->peer->key);
+			sess_fail(l, buf);
+			return;
+		}
+		l->st = L_OPEN;
+		/* FALLTHROUGH */
+	case L_OPEN:
+		l->chan = libssh2_channel_open_ex(l->sess, "session",
+		    sizeof("session") - 1, CHAN_WINDOW, 32768, NULL, 0);
+		if (l->chan == NULL) {
+			if (libssh2_session_last_errno(l->sess) ==
+			    LIBSSH2_ERROR_EAGAIN)
+				break;
+			sess_fail(l, "open channel");
+			return;
+		}
+		l->st = L_EXEC;
+		/* FALLTHROUGH */
+	case L_EXEC:
+		/* The key's forced command on the peer decides what runs. */
+		rc = libssh2_channel_exec(l->chan, "replicad serve");
+		if (rc == LIBSSH2_ERROR_EAGAIN)
+			break;
+		if (rc != 0) {
+			sess_fail(l, "start replicad serve");
+			return;
+		}
+		send_hello(l);
+		/* FALLTHROUGH */
+	case L_HELLO:
+	case L_READY:
+		pump(l);
+		if (l->fd < 0)
+			return;
+		break;
+	}
+	arm(l);
+}
+
+int
+link_send(struct link *l, const Replication__Msg *m, int compress)
+{
+	char err[256];
+
+	if (l->st != L_READY && l->st != L_HELLO)
+		return -1;
+	if (wire_queue(l->out, m, compress, err, sizeof(err)) != 0) {
+		link_reset(l, err);
+		return -1;
+	}
+	return 0;
+}
+
+/* Push queued frames out now (called after queueing from outside). */
+void
+link_kick(struct link *l)
+{
+	if (l->st == L_READY)
+		link_step(l);
+}
+
+struct link *
+link_new(struct daemon *d, const struct cfg_peer *peer)
+{
+	struct link *l = calloc(1, sizeof(*l));
+
+	if (l == NULL)
+		return NULL;
+	l->d = d;
+	l->peer = peer;
+	l->fd = -1;
+	l->backoff_ms = BACKOFF_MIN;
+	l->out = evbuffer_new();
+	l->in = evbuffer_new();
+	l->iobuf = malloc(IO_CHUNK);
+	l->ev_timer = evtimer_new(d->base, timer_cb, l);
+	if (l->out == NULL || l->in == NULL || l->iobuf == NULL ||
+	    l->ev_timer == NULL) {
+		link_free(l);
+		return NULL;
+	}
+	l->st = L_IDLE;
+	{
+		struct timeval tv = { 0, 0 };
+
+		evtimer_add(l->ev_timer, &tv);
+	}
+	return l;
+}
+
+void
+link_free(struct link *l)
+{
+	if (l == NULL)
+		return;
+	teardown(l);
+	if (l->ev_timer)
+		event_free(l->ev_timer);
+	if (l->out)
+		evbuffer_free(l->out);
+	if (l->in)
+		evbuffer_free(l->in);
+	free(l->iobuf);
+	free(l);
+}

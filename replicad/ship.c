@@ -1,0 +1,474 @@
+/*
+ * ship.c: the primary's shipper.  Per VM on a link: announce, then either
+ * the initial copy (image blocks, holes and zero blocks skipped) or the
+ * journal from where the DR site stands; acks advance the trim mark and
+ * answer `checkpoint --wait`.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "log.h"
+
+#define SHIP_WINDOW	(16u << 20)	/* bytes queued on a link at most */
+#define SHIP_BATCH	(1u << 20)	/* write data per frame */
+#define SCAN_CHUNK	(1u << 20)	/* image read per sync frame */
+#define ZBLOCK		4096
+
+static int
+compress_of(struct pvm *vm)
+{
+	return vm->cfg->compress == COMPRESS_ZSTD;
+}
+
+static void
+send_announce(struct link *l, struct pvm *vm)
+{
+	Replication__Msg m = REPLICATION__MSG__INIT;
+	Replication__VmAnnounce a = REPLICATION__VM_ANNOUNCE__INIT;
+	Replication__DiskInfo di[MAX_DISKS], *dip[MAX_DISKS];
+	Replication__KeepRule kr[CFG_MAX_KEEP], *krp[CFG_MAX_KEEP];
+
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		replication__disk_info__init(&di[i]);
+		di[i].name = vm->disks[i].name;
+		di[i].size = vm->disks[i].size;
+		dip[i] = &di[i];
+	}
+	for (int i = 0; i < vm->cfg->nkeep; i++) {
+		replication__keep_rule__init(&kr[i]);
+		kr[i].age_ms = vm->cfg->keep[i].age_ms;
+		kr[i].step_ms = vm->cfg->keep[i].step_ms;
+		krp[i] = &kr[i];
+	}
+	a.vm = (char *)vm->cfg->name;
+	a.n_disks = vm->ndisks;
+	a.disks = dip;
+	a.n_keep = (size_t)vm->cfg->nkeep;
+	a.keep = krp;
+	a.epoch = journal_get(vm->j, JM_EPOCH);
+	m.body_case = REPLICATION__MSG__BODY_ANNOUNCE;
+	m.announce = &a;
+	vm->phase = SHIP_ANNOUNCED;
+	link_send(l, &m, 0);
+}
+
+void
+ship_link_ready(struct link *l)
+{
+	struct daemon *d = link_daemon(l);
+
+	for (size_t i = 0; i < d->nvms; i++)
+		if (d->vms[i].link == l) {
+			d->vms[i].refused[0] = '\0';
+			send_announce(l, &d->vms[i]);
+		}
+}
+
+void
+ship_link_down(struct link *l)
+{
+	struct daemon *d = link_daemon(l);
+
+	for (size_t i = 0; i < d->nvms; i++)
+		if (d->vms[i].link == l && d->vms[i].phase != SHIP_REFUSED)
+			d->vms[i].phase = SHIP_DOWN;
+}
+
+static void
+start_sync(struct pvm *vm, const char *why)
+{
+	vm->sync_base = journal_last_seq(vm->j);
+	vm->sync_disk = 0;
+	vm->sync_off = 0;
+	vm->sync_done = 0;
+	vm->sync_total = 0;
+	for (size_t i = 0; i < vm->ndisks; i++)
+		vm->sync_total += vm->disks[i].size;
+	vm->sync_started_ms = now_ms();
+	if (journal_begin(vm->j) != 0 ||
+	    journal_set(vm->j, JM_SYNCED, 0) != 0 ||
+	    journal_set(vm->j, JM_SYNC_BASE, vm->sync_base) != 0 ||
+	    journal_commit(vm->j) != 0)
+		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
+	vm->phase = SHIP_SYNCING;
+	log_info("vm %s: initial copy to %s (%s): %llu bytes, journal "
+	    "follows after %llu", vm->cfg->name, vm->cfg->replicate_to, why,
+	    (unsigned long long)vm->sync_total,
+	    (unsigned long long)vm->sync_base);
+}
+
+static void
+on_state(struct link *l, struct pvm *vm, const Replication__VmState *st)
+{
+	uint64_t epoch = journal_get(vm->j, JM_EPOCH);
+	uint64_t first = journal_first_seq(vm->j);
+	uint64_t last = journal_last_seq(vm->j);
+	uint64_t next = st->applied_seq + 1;
+
+	(void)l;
+	if (st->need_full || st->epoch != epoch)
+		start_sync(vm, st->epoch ? "different lineage" : "new replica");
+	else if (st->applied_seq > last)
+		start_sync(vm, "replica is ahead of this journal");
+	else if (next <= last && (first == 0 || first > next))
+		start_sync(vm, "journal no longer holds what the replica "
+		    "lacks");
+	else {
+		vm->phase = SHIP_STREAMING;
+		vm->send_seq = next;
+		if (!journal_get(vm->j, JM_SYNCED) && journal_begin(vm->j) == 0) {
+			journal_set(vm->j, JM_SYNCED, 1);
+			journal_commit(vm->j);
+		}
+		vm_acked(vm, st->applied_seq, st->last_point);
+		log_info("vm %s: replica at %llu (point %llu); streaming from "
+		    "%llu to %llu", vm->cfg->name,
+		    (unsigned long long)st->applied_seq,
+		    (unsigned long long)st->last_point,
+		    (unsigned long long)next, (unsigned long long)last);
+	}
+	ship_pump(vm->link);
+}
+
+static struct pvm *
+vm_on_link(struct link *l, const char *name)
+{
+	struct pvm *vm = name ? vm_find(link_daemon(l), name) : NULL;
+
+	return vm && vm->link == l ? vm : NULL;
+}
+
+int
+ship_on_msg(struct link *l, Replication__Msg *m)
+{
+	struct pvm *vm;
+
+	switch (m->body_case) {
+	case REPLICATION__MSG__BODY_STATE:
+		if ((vm = vm_on_link(l, m->state->vm)) == NULL ||
+		    vm->phase != SHIP_ANNOUNCED) {
+			log_warnx("%s: unexpected state for vm %s", __func__,
+			    m->state->vm);
+			return -1;
+		}
+		on_state(l, vm, m->state);
+		return 0;
+	case REPLICATION__MSG__BODY_ACK:
+		if ((vm = vm_on_link(l, m->ack->vm)) == NULL) {
+			log_warnx("%s: ack for unknown vm %s", __func__,
+			    m->ack->vm);
+			return -1;
+		}
+		vm_acked(vm, m->ack->seq, m->ack->point);
+		return 0;
+	case REPLICATION__MSG__BODY_ERROR:
+		vm = vm_on_link(l, m->error->vm);
+		log_warnx("%s: %s refused vm %s: %s", __func__,
+		    link_peer(l)->name, m->error->vm, m->error->message);
+		if (vm == NULL)
+			return -1;	/* not about one VM: drop the link */
+		vm->phase = SHIP_REFUSED;
+		snprintf(vm->refused, sizeof(vm->refused), "%s: %s",
+		    link_peer(l)->name, m->error->message);
+		return 0;
+	default:
+		log_warnx("%s: unexpected %s message from %s", __func__,
+		    frame_type_name(m->body_case), link_peer(l)->name);
+		return -1;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* initial copy */
+
+static int
+all_zero(const uint8_t *p, size_t n)
+{
+	const uint64_t *q = (const uint64_t *)(const void *)p;
+
+	for (size_t i = 0; i < n / 8; i++)
+		if (q[i])
+			return 0;
+	for (size_t i = n & ~(size_t)7; i < n; i++)
+		if (p[i])
+			return 0;
+	return 1;
+}
+
+static void
+send_sync_done(struct pvm *vm)
+{
+	Replication__Msg m = REPLICATION__MSG__INIT;
+	Replication__SyncDone sd = REPLICATION__SYNC_DONE__INIT;
+	char err[256];
+
+	sd.vm = (char *)vm->cfg->name;
+	sd.base_seq = vm->sync_base;
+	m.body_case = REPLICATION__MSG__BODY_SYNC_DONE;
+	m.sync_done = &sd;
+	if (link_send(vm->link, &m, 0) != 0)
+		return;
+	if (journal_begin(vm->j) != 0 ||
+	    journal_set(vm->j, JM_SYNCED, 1) != 0 ||
+	    journal_commit(vm->j) != 0)
+		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
+	vm->phase = SHIP_STREAMING;
+	vm->send_seq = vm->sync_base + 1;
+	vm->sync_done = vm->sync_total;
+	log_info("vm %s: initial copy sent in %.1f s", vm->cfg->name,
+	    (double)(now_ms() - vm->sync_started_ms) / 1000.0);
+	/* The first point: all disks as of the end of the copy. */
+	vm->point_deferred = 0;
+	vm_cut_point(vm, POINT_CRASH, vm->deferred_label[0] ?
+	    vm->deferred_label : "initial copy", err, sizeof(err));
+	vm->deferred_label[0] = '\0';
+}
+
+/* Read the next stretch of the image and send its non-zero blocks. */
+static int
+sync_step(struct pvm *vm)
+{
+	static uint8_t buf[SCAN_CHUNK];
+	Replication__Msg m = REPLICATION__MSG__INIT;
+	Replication__SyncBlocks sb = REPLICATION__SYNC_BLOCKS__INIT;
+	Replication__Entry ents[SCAN_CHUNK / ZBLOCK], *entp[SCAN_CHUNK / ZBLOCK];
+	struct pdisk *pd;
+	size_t n = 0, len, got = 0;
+	off_t data;
+
+	while (vm->sync_disk < vm->ndisks &&
+	    vm->sync_off >= vm->disks[vm->sync_disk].size) {
+		vm->sync_disk++;
+		vm->sync_off = 0;
+	}
+	if (vm->sync_disk >= vm->ndisks) {
+		send_sync_done(vm);
+		return 0;
+	}
+	pd = &vm->disks[vm->sync_disk];
+	/* skip holes: they read as zeroes and the replica starts sparse */
+	data = lseek(pd->fd, (off_t)vm->sync_off, SEEK_DATA);
+	if (data == -1 && errno == ENXIO)
+		data = (off_t)pd->size;
+	if (data > (off_t)vm->sync_off) {
+		uint64_t skip = (uint64_t)data - vm->sync_off;
+
+		skip -= skip % ZBLOCK;
+		vm->sync_done += skip;
+		vm->sync_off += skip;
+		if (vm->sync_off >= pd->size || skip)
+			return 0;
+	}
+	len = pd->size - vm->sync_off < SCAN_CHUNK ?
+	    (size_t)(pd->size - vm->sync_off) : SCAN_CHUNK;
+	while (got < len) {
+		ssize_t r = pread(pd->fd, buf + got, len - got,
+		    (off_t)(vm->sync_off + got));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			log_warn("vm %s: read %s", vm->cfg->name, pd->export);
+			return -1;
+		}
+		if (r == 0) {
+			memset(buf + got, 0, len - got);
+			break;
+		}
+		got += (size_t)r;
+	}
+	for (size_t o = 0; o < len; o += ZBLOCK) {
+		size_t bl = len - o < ZBLOCK ? len - o : ZBLOCK;
+
+		if (all_zero(buf + o, bl))
+			continue;
+		if (n > 0 && ents[n - 1].offset + ents[n - 1].length ==
+		    vm->sync_off + o) {
+			ents[n - 1].length += (uint32_t)bl;
+			ents[n - 1].data.len += bl;
+			continue;
+		}
+		replication__entry__init(&ents[n]);
+		ents[n].disk = vm->sync_disk;
+		ents[n].offset = vm->sync_off + o;
+		ents[n].length = (uint32_t)bl;
+		ents[n].data.data = buf + o;
+		ents[n].data.len = bl;
+		entp[n] = &ents[n];
+		n++;
+	}
+	vm->sync_off += len;
+	vm->sync_done += len;
+	sb.vm = (char *)vm->cfg->name;
+	sb.n_blocks = n;
+	sb.blocks = entp;
+	sb.done_bytes = vm->sync_done;
+	sb.total_bytes = vm->sync_total;
+	m.body_case = REPLICATION__MSG__BODY_SYNC;
+	m.sync = &sb;
+	vm->bytes_shipped += len;
+	return link_send(vm->link, &m, compress_of(vm));
+}
+
+/* ------------------------------------------------------------------ */
+/* streaming */
+
+struct batch {
+	struct pvm *vm;
+	Replication__Entry *ents;
+	Replication__Entry **entp;
+	size_t n, cap;
+	uint8_t *data;
+	size_t used, dcap;
+	struct jentry point;
+	int have_point;
+	int oom;
+};
+
+static int
+collect(const struct jentry *e, void *arg)
+{
+	struct batch *b = arg;
+
+	if (e->type == JE_POINT) {
+		b->point = *e;
+		b->have_point = 1;
+		return 1;
+	}
+	if (b->n == b->cap) {
+		size_t nc = b->cap ? b->cap * 2 : 256;
+		Replication__Entry *ne = realloc(b->ents, nc * sizeof(*ne));
+
+		if (ne == NULL) {
+			b->oom = 1;
+			return 1;
+		}
+		b->ents = ne;
+		b->cap = nc;
+	}
+	if (e->type == JE_WRITE && b->used + e->length > b->dcap) {
+		size_t nc = b->dcap * 2 > b->used + e->length ? b->dcap * 2 :
+		    b->used + e->length;
+		uint8_t *nd = realloc(b->data, nc);
+
+		if (nd == NULL) {
+			b->oom = 1;
+			return 1;
+		}
+		b->data = nd;
+		b->dcap = nc;
+	}
+	replication__entry__init(&b->ents[b->n]);
+	b->ents[b->n].seq = e->seq;
+	b->ents[b->n].disk = e->disk;
+	b->ents[b->n].offset = e->offset;
+	b->ents[b->n].length = e->length;
+	if (e->type == JE_WRITE) {
+		memcpy(b->data + b->used, e->data, e->length);
+		/* pointers fixed up after the last realloc */
+		b->ents[b->n].data.len = e->length;
+		b->ents[b->n].data.data = (uint8_t *)(uintptr_t)b->used;
+		b->used += e->length;
+	} else
+		b->ents[b->n].zero = 1;
+	b->n++;
+	return 0;
+}
+
+static int
+stream_step(struct pvm *vm)
+{
+	struct batch b;
+	int r = 0;
+
+	memset(&b, 0, sizeof(b));
+	b.vm = vm;
+	if (journal_read(vm->j, vm->send_seq, SHIP_BATCH, collect, &b) < 0) {
+		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
+		r = -1;
+		goto out;
+	}
+	if (b.oom) {
+		r = -1;
+		goto out;
+	}
+	if (b.n > 0) {
+		Replication__Msg m = REPLICATION__MSG__INIT;
+		Replication__Writes w = REPLICATION__WRITES__INIT;
+
+		if ((b.entp = calloc(b.n, sizeof(*b.entp))) == NULL) {
+			r = -1;
+			goto out;
+		}
+		for (size_t i = 0; i < b.n; i++) {
+			if (!b.ents[i].zero)
+				b.ents[i].data.data = b.data +
+				    (uintptr_t)b.ents[i].data.data;
+			b.entp[i] = &b.ents[i];
+		}
+		w.vm = (char *)vm->cfg->name;
+		w.n_entries = b.n;
+		w.entries = b.entp;
+		m.body_case = REPLICATION__MSG__BODY_WRITES;
+		m.writes = &w;
+		if ((r = link_send(vm->link, &m, compress_of(vm))) != 0)
+			goto out;
+		vm->send_seq = b.ents[b.n - 1].seq + 1;
+		vm->bytes_shipped += b.used;
+	}
+	if (b.have_point) {
+		Replication__Msg m = REPLICATION__MSG__INIT;
+		Replication__Point p = REPLICATION__POINT__INIT;
+
+		p.vm = (char *)vm->cfg->name;
+		p.id = b.point.point_id;
+		p.seq = b.point.seq;
+		p.time_ms = b.point.time_ms;
+		p.kind = (Replication__PointKind)b.point.kind;
+		p.label = b.point.label;
+		m.body_case = REPLICATION__MSG__BODY_POINT;
+		m.point = &p;
+		if ((r = link_send(vm->link, &m, 0)) != 0)
+			goto out;
+		vm->send_seq = b.point.seq + 1;
+	}
+out:
+	free(b.ents);
+	free(b.entp);
+	free(b.data);
+	return r;
+}
+
+/* Fill the link's send window from its VMs, round robin. */
+void
+ship_pump(struct link *l)
+{
+	struct daemon *d = link_daemon(l);
+	int progress = 1;
+
+	if (!link_is_ready(l))
+		return;
+	while (progress && link_queued(l) < SHIP_WINDOW) {
+		progress = 0;
+		for (size_t i = 0; i < d->nvms; i++) {
+			struct pvm *vm = &d->vms[i];
+
+			if (vm->link != l || !link_is_ready(l))
+				continue;
+			if (vm->phase == SHIP_SYNCING) {
+				if (sync_step(vm) != 0)
+					return;
+				progress = 1;
+			} else if (vm->phase == SHIP_STREAMING &&
+			    vm->send_seq <= journal_last_seq(vm->j)) {
+				if (stream_step(vm) != 0)
+					return;
+				progress = 1;
+			}
+		}
+	}
+}

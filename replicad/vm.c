@@ -1,0 +1,677 @@
+/*
+ * vm.c: the primary side of a protected VM.  Its disks are served over NBD
+ * (vm_nbd_backend); every write is appended to the VM's journal and
+ * acknowledged once committed, group-committed per event-loop turn, then
+ * written to the image.  Points are cut on the VM's interval or on demand.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "nbd.h"
+
+static void vm_commit(struct pvm *vm);
+
+/* ------------------------------------------------------------------ */
+/* images */
+
+static int
+img_pwrite(struct pdisk *pd, uint64_t off, const uint8_t *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = pwrite(pd->fd, p, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int
+img_zero(struct pdisk *pd, uint64_t off, uint64_t len)
+{
+	static const uint8_t zeroes[65536];
+
+	if (fallocate(pd->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	    (off_t)off, (off_t)len) == 0)
+		return 0;
+	while (len > 0) {
+		size_t n = len > sizeof(zeroes) ? sizeof(zeroes) : len;
+
+		if (img_pwrite(pd, off, zeroes, n) != 0)
+			return -1;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int
+img_sync(struct pvm *vm)
+{
+	for (size_t i = 0; i < vm->ndisks; i++)
+		if (fdatasync(vm->disks[i].fd) == -1) {
+			log_warn("%s: sync %s", __func__, vm->cfg->disks[i].path);
+			return -1;
+		}
+	return 0;
+}
+
+/* Write journal entries after the image's mark into the images. */
+static int
+replay_one(const struct jentry *e, void *arg)
+{
+	struct pvm *vm = arg;
+	struct pdisk *pd;
+
+	if (e->type == JE_POINT)
+		return 0;
+	if (e->disk >= vm->ndisks) {
+		log_warnx("%s: %s: entry %llu names disk %u", __func__,
+		    vm->cfg->name, (unsigned long long)e->seq, e->disk);
+		return 0;
+	}
+	pd = &vm->disks[e->disk];
+	if (e->type == JE_WRITE ? img_pwrite(pd, e->offset, e->data,
+	    e->length) : img_zero(pd, e->offset, e->length))
+		log_warn("%s: %s", __func__, pd->export);
+	return 0;
+}
+
+static int
+open_disk(struct pvm *vm, size_t i)
+{
+	struct pdisk *pd = &vm->disks[i];
+	const struct cfg_disk *cd = &vm->cfg->disks[i];
+	struct stat st;
+
+	pd->vm = vm;
+	pd->idx = (uint32_t)i;
+	pd->name = cd->name;
+	if (asprintf(&pd->export, "%s/%s", vm->cfg->name, cd->name) < 0) {
+		pd->export = NULL;
+		log_warnx("%s: out of memory", __func__);
+		return -1;
+	}
+	if ((pd->fd = open(cd->path, O_RDWR | O_CLOEXEC)) == -1) {
+		log_warn("%s: vm %s: disk %s", __func__, vm->cfg->name,
+		    cd->path);
+		return -1;
+	}
+	if (fstat(pd->fd, &st) == -1) {
+		log_warn("%s: %s", __func__, cd->path);
+		return -1;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		if (ioctl(pd->fd, BLKGETSIZE64, &pd->size) == -1) {
+			log_warn("%s: %s: size", __func__, cd->path);
+			return -1;
+		}
+	} else
+		pd->size = (uint64_t)st.st_size;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* life cycle */
+
+static void
+commit_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	vm_commit(arg);
+}
+
+static int
+vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
+{
+	char dir[4096], err[512];
+	uint64_t applied;
+
+	vm->d = d;
+	vm->cfg = cfg;
+	for (size_t i = 0; i < MAX_DISKS; i++)
+		vm->disks[i].fd = -1;
+	if (cfg->ndisks > MAX_DISKS) {
+		log_warnx("%s: vm %s has %zu disks; at most %d", __func__,
+		    cfg->name, cfg->ndisks, MAX_DISKS);
+		return -1;
+	}
+	snprintf(dir, sizeof(dir), "%s/%s", d->cfg.state_dir, cfg->name);
+	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+		log_warn("%s: mkdir %s", __func__, dir);
+		return -1;
+	}
+	snprintf(dir, sizeof(dir), "%s/%s/journal", d->cfg.state_dir,
+	    cfg->name);
+	if ((vm->j = journal_open(dir, err, sizeof(err))) == NULL) {
+		log_warnx("%s: vm %s: %s", __func__, cfg->name, err);
+		return -1;
+	}
+	for (size_t i = 0; i < cfg->ndisks; i++) {
+		if (open_disk(vm, i) != 0)
+			return -1;
+		vm->ndisks++;
+	}
+	/* The image is the journal applied: finish what a crash cut. */
+	applied = journal_get(vm->j, JM_APPLIED);
+	if (journal_last_seq(vm->j) > applied) {
+		log_info("vm %s: replaying journal after %llu up to %llu",
+		    cfg->name, (unsigned long long)applied,
+		    (unsigned long long)journal_last_seq(vm->j));
+		if (journal_read(vm->j, applied + 1, SIZE_MAX, replay_one,
+		    vm) < 0) {
+			log_warnx("%s: vm %s: %s", __func__, cfg->name,
+			    journal_error(vm->j));
+			return -1;
+		}
+		if (img_sync(vm) != 0)
+			return -1;
+	}
+	vm->written_seq = journal_last_seq(vm->j);
+	if (journal_begin(vm->j) != 0 ||
+	    journal_set(vm->j, JM_APPLIED, vm->written_seq) != 0 ||
+	    journal_commit(vm->j) != 0 || journal_sync(vm->j) != 0) {
+		log_warnx("%s: vm %s: %s", __func__, cfg->name,
+		    journal_error(vm->j));
+		return -1;
+	}
+	vm->acked_seq = journal_get(vm->j, JM_ACKED);
+	vm->acked_point = journal_get(vm->j, JM_ACKED_POINT);
+	vm->next_point_ms = now_ms() + (int64_t)cfg->interval_ms;
+	vm->ev_commit = event_new(d->base, -1, 0, commit_cb, vm);
+	if (vm->ev_commit == NULL)
+		return -1;
+	for (size_t i = 0; i < d->nlinks; i++)
+		if (strcmp(link_peer(d->links[i])->name,
+		    cfg->replicate_to) == 0)
+			vm->link = d->links[i];
+	log_info("vm %s: %zu disk(s), journal at %llu, replicating to %s",
+	    cfg->name, vm->ndisks, (unsigned long long)vm->written_seq,
+	    cfg->replicate_to);
+	return 0;
+}
+
+static void
+vm_close(struct pvm *vm)
+{
+	if (vm->j && vm->nops)
+		vm_commit(vm);
+	if (vm->ev_commit)
+		event_free(vm->ev_commit);
+	for (size_t i = 0; i < MAX_DISKS; i++) {
+		if (vm->disks[i].fd >= 0) {
+			fdatasync(vm->disks[i].fd);
+			close(vm->disks[i].fd);
+		}
+		free(vm->disks[i].export);
+	}
+	if (vm->j) {
+		if (vm->written_seq && journal_begin(vm->j) == 0 &&
+		    journal_set(vm->j, JM_APPLIED, vm->written_seq) == 0)
+			journal_commit(vm->j);
+		journal_close(vm->j);
+	}
+	free(vm->ops);
+	free(vm->waiters);
+}
+
+int
+vm_open_all(struct daemon *d)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < d->cfg.nvms; i++)
+		if (d->cfg.vms[i].ndisks)
+			n++;
+	if (n == 0)
+		return 0;
+	if ((d->vms = calloc(n, sizeof(*d->vms))) == NULL)
+		return -1;
+	for (size_t i = 0; i < d->cfg.nvms; i++) {
+		if (d->cfg.vms[i].ndisks == 0)
+			continue;
+		if (vm_open(d, &d->vms[d->nvms], &d->cfg.vms[i]) != 0) {
+			d->nvms++;
+			return -1;
+		}
+		d->nvms++;
+	}
+	return 0;
+}
+
+void
+vm_close_all(struct daemon *d)
+{
+	for (size_t i = 0; i < d->nvms; i++)
+		vm_close(&d->vms[i]);
+	free(d->vms);
+	d->vms = NULL;
+	d->nvms = 0;
+}
+
+struct pvm *
+vm_find(struct daemon *d, const char *name)
+{
+	for (size_t i = 0; i < d->nvms; i++)
+		if (strcmp(d->vms[i].cfg->name, name) == 0)
+			return &d->vms[i];
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* group commit */
+
+static int
+push_op(struct pvm *vm, const struct pop *op)
+{
+	if (vm->nops == vm->capops) {
+		size_t ncap = vm->capops ? vm->capops * 2 : 64;
+		struct pop *n = realloc(vm->ops, ncap * sizeof(*n));
+
+		if (n == NULL)
+			return -1;
+		vm->ops = n;
+		vm->capops = ncap;
+	}
+	vm->ops[vm->nops++] = *op;
+	if (vm->nops == 1)
+		event_active(vm->ev_commit, 0, 0);
+	return 0;
+}
+
+static int
+errno_of_journal(struct pvm *vm)
+{
+	return strstr(journal_error(vm->j), "MDB_MAP_FULL") ||
+	    strstr(journal_error(vm->j), "space") ? ENOSPC : EIO;
+}
+
+/*
+ * Commit the open transaction, write its entries to the images, sync if a
+ * FLUSH or FUA asked, and complete every waiting request.
+ */
+static void
+vm_commit(struct pvm *vm)
+{
+	size_t n = vm->nops;
+	int err = 0;
+
+	if (journal_commit(vm->j) != 0) {
+		log_warnx("vm %s: journal: %s", vm->cfg->name,
+		    journal_error(vm->j));
+		err = errno_of_journal(vm);
+	}
+	for (size_t i = 0; i < n && !err; i++) {
+		struct pop *op = &vm->ops[i];
+
+		if (op->disk == UINT32_MAX)
+			continue;	/* a flush */
+		if (op->data ? img_pwrite(&vm->disks[op->disk], op->off,
+		    op->data, op->len) : img_zero(&vm->disks[op->disk],
+		    op->off, op->len)) {
+			log_warn("vm %s: write %s", vm->cfg->name,
+			    vm->disks[op->disk].export);
+			err = EIO;
+		}
+	}
+	if (!err)
+		vm->written_seq = journal_last_seq(vm->j);
+	if (!err && vm->need_sync && journal_sync(vm->j) != 0) {
+		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
+		err = EIO;
+	}
+	vm->need_sync = 0;
+	vm->nops = 0;
+	for (size_t i = 0; i < n; i++) {
+		free(vm->ops[i].data);
+		if (vm->ops[i].req)
+			nbd_complete(vm->ops[i].req, err);
+	}
+	if (!err && vm->link) {
+		ship_pump(vm->link);
+		link_kick(vm->link);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* NBD backend */
+
+static void *
+be_open(void *arg, const char *name, uint64_t *size)
+{
+	struct daemon *d = arg;
+
+	for (size_t i = 0; i < d->nvms; i++)
+		for (size_t k = 0; k < d->vms[i].ndisks; k++)
+			if (strcmp(d->vms[i].disks[k].export, name) == 0) {
+				*size = d->vms[i].disks[k].size;
+				return &d->vms[i].disks[k];
+			}
+	return NULL;
+}
+
+static void
+be_close(void *arg, void *exp)
+{
+	(void)arg;
+	(void)exp;
+}
+
+static void
+be_list(void *arg, void (*fn)(const char *, void *), void *ctx)
+{
+	struct daemon *d = arg;
+
+	for (size_t i = 0; i < d->nvms; i++)
+		for (size_t k = 0; k < d->vms[i].ndisks; k++)
+			fn(d->vms[i].disks[k].export, ctx);
+}
+
+static int
+be_read(void *exp, uint64_t off, uint32_t len, void *buf)
+{
+	struct pdisk *pd = exp;
+	uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = pread(pd->fd, p, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno;
+		if (n == 0) {
+			memset(p, 0, len);
+			break;
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (uint32_t)n;
+	}
+	return 0;
+}
+
+static void
+be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
+    struct nbd_req *req)
+{
+	struct pdisk *pd = exp;
+	struct pvm *vm = pd->vm;
+	struct pop op = { pd->idx, off, len, NULL, 0, req };
+
+	if (off > pd->size || len > pd->size - off) {
+		nbd_complete(req, EINVAL);
+		return;
+	}
+	if (journal_begin(vm->j) != 0)
+		goto fail;
+	if (data) {
+		if ((op.data = malloc(len ? len : 1)) == NULL) {
+			nbd_complete(req, ENOMEM);
+			return;
+		}
+		memcpy(op.data, data, len);
+		for (uint32_t done = 0; done < len;) {
+			uint32_t piece = len - done > JOURNAL_MAX_ENTRY ?
+			    JOURNAL_MAX_ENTRY : len - done;
+
+			if (journal_append(vm->j, pd->idx, off + done, piece,
+			    op.data + done, &op.seq) != 0)
+				goto fail;
+			done += piece;
+		}
+	} else if (journal_append(vm->j, pd->idx, off, len, NULL,
+	    &op.seq) != 0)
+		goto fail;
+	if (fua)
+		vm->need_sync = 1;
+	if (push_op(vm, &op) != 0)
+		goto fail;
+	return;
+fail:
+	log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
+	free(op.data);
+	nbd_complete(req, errno_of_journal(vm));
+}
+
+static void
+be_flush(void *exp, struct nbd_req *req)
+{
+	struct pdisk *pd = exp;
+	struct pvm *vm = pd->vm;
+	struct pop op = { UINT32_MAX, 0, 0, NULL, 0, req };
+
+	vm->need_sync = 1;
+	if (push_op(vm, &op) != 0)
+		nbd_complete(req, ENOMEM);
+}
+
+const struct nbd_backend vm_nbd_backend = {
+	.open = be_open,
+	.close = be_close,
+	.list = be_list,
+	.read = be_read,
+	.write = be_write,
+	.flush = be_flush,
+};
+
+/* ------------------------------------------------------------------ */
+/* points */
+
+uint64_t
+vm_cut_point(struct pvm *vm, enum point_kind kind, const char *label,
+    char *err, size_t errlen)
+{
+	uint64_t id, seq;
+
+	if (!journal_get(vm->j, JM_SYNCED)) {
+		/* Nothing on the DR site yet to build a point on: the
+		 * initial copy ends with one. */
+		vm->point_deferred = 1;
+		snprintf(vm->deferred_label, sizeof(vm->deferred_label), "%s",
+		    label ? label : "");
+		snprintf(err, errlen, "initial copy of %s not complete "
+		    "(%llu of %llu bytes); a point is cut when it is",
+		    vm->cfg->name, (unsigned long long)vm->sync_done,
+		    (unsigned long long)vm->sync_total);
+		return 0;
+	}
+	if (journal_begin(vm->j) != 0 ||
+	    journal_append_point(vm->j, kind, label, now_ms(), &id,
+	    &seq) != 0) {
+		snprintf(err, errlen, "journal: %s", journal_error(vm->j));
+		journal_abort(vm->j);
+		/* a failed append poisons the batch: fail its writes */
+		vm_commit(vm);
+		return 0;
+	}
+	vm->need_sync = 1;
+	vm_commit(vm);
+	vm->last_point_ms = now_ms();
+	log_debug("vm %s: point %llu at seq %llu", vm->cfg->name,
+	    (unsigned long long)id, (unsigned long long)seq);
+	return id;
+}
+
+void
+vm_acked(struct pvm *vm, uint64_t seq, uint64_t point)
+{
+	size_t k = 0;
+
+	if (seq > vm->acked_seq)
+		vm->acked_seq = seq;
+	if (point > vm->acked_point)
+		vm->acked_point = point;
+	vm->last_ack_ms = now_ms();
+	for (size_t i = 0; i < vm->nwaiters; i++) {
+		struct waiter *w = &vm->waiters[i];
+
+		if (w->point <= vm->acked_point) {
+			json_t *r = json_pack("{s:b,s:s,s:I}", "ok", 1, "vm",
+			    vm->cfg->name, "point", (json_int_t)w->point);
+
+			control_reply(w->conn, r);
+		} else
+			vm->waiters[k++] = *w;
+	}
+	vm->nwaiters = k;
+}
+
+void
+vm_drop_waiters(struct daemon *d, struct ctl_conn *conn)
+{
+	for (size_t v = 0; v < d->nvms; v++) {
+		struct pvm *vm = &d->vms[v];
+		size_t k = 0;
+
+		for (size_t i = 0; i < vm->nwaiters; i++)
+			if (vm->waiters[i].conn != conn)
+				vm->waiters[k++] = vm->waiters[i];
+		vm->nwaiters = k;
+	}
+}
+
+/* Once a second: interval points, journal trim. */
+void
+vm_tick(struct pvm *vm, int64_t now)
+{
+	char err[256];
+	uint64_t upto;
+
+	if (now >= vm->next_point_ms) {
+		vm->next_point_ms = now + (int64_t)vm->cfg->interval_ms;
+		if (journal_get(vm->j, JM_SYNCED))
+			vm_cut_point(vm, POINT_CRASH, NULL, err, sizeof(err));
+	}
+	/* Trim what the DR site holds and the images hold durably. */
+	upto = vm->acked_seq < vm->written_seq ? vm->acked_seq :
+	    vm->written_seq;
+	if (upto > 0 && journal_first_seq(vm->j) != 0 &&
+	    journal_first_seq(vm->j) <= upto && vm->nops == 0) {
+		if (img_sync(vm) != 0)
+			return;
+		if (journal_begin(vm->j) != 0 ||
+		    journal_set(vm->j, JM_APPLIED, vm->written_seq) != 0 ||
+		    journal_set(vm->j, JM_ACKED, vm->acked_seq) != 0 ||
+		    journal_set(vm->j, JM_ACKED_POINT, vm->acked_point) != 0 ||
+		    journal_commit(vm->j) != 0 || journal_sync(vm->j) != 0 ||
+		    journal_trim(vm->j, upto) < 0)
+			log_warnx("vm %s: trim: %s", vm->cfg->name,
+			    journal_error(vm->j));
+		if (vm->acked_point > 1000)
+			journal_forget_points(vm->j, vm->acked_point - 1000);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* reports */
+
+static const char *
+phase_name(struct pvm *vm)
+{
+	switch (vm->phase) {
+	case SHIP_DOWN:
+		return "disconnected";
+	case SHIP_ANNOUNCED:
+		return "connecting";
+	case SHIP_SYNCING:
+		return "initial-copy";
+	case SHIP_STREAMING:
+		return "replicating";
+	case SHIP_REFUSED:
+		return "refused";
+	}
+	return "unknown";
+}
+
+json_t *
+vm_status_json(struct pvm *vm, int64_t now)
+{
+	int64_t since = vm->last_ack_ms && vm->acked_point ?
+	    vm->last_point_ms : 0;
+	double lag = 0;
+	const char *health = "normal";
+	json_t *o;
+	struct jentry p;
+
+	if (vm->acked_point && journal_find_point(vm->j, vm->acked_point,
+	    &p) == 1)
+		since = p.time_ms;
+	if (since)
+		lag = (double)(now - since) / 1000.0;
+	else if (journal_last_seq(vm->j))
+		lag = -1;
+	if (vm->phase == SHIP_REFUSED || (vm->cfg->interval_ms &&
+	    lag > 10.0 * (double)vm->cfg->interval_ms / 1000.0))
+		health = "critical";
+	else if (vm->phase != SHIP_STREAMING || (lag > 2.0 *
+	    (double)vm->cfg->interval_ms / 1000.0))
+		health = "warning";
+	o = json_pack("{s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:s,s:s,s:I,s:I,s:I}",
+	    "name", vm->cfg->name, "role", "primary", "state", phase_name(vm),
+	    "health", health, "lag_seconds", lag < 0 ? 0.0 : lag,
+	    "last_point", (json_int_t)vm->acked_point,
+	    "journal_bytes", (json_int_t)journal_bytes(vm->j),
+	    "peer", vm->cfg->replicate_to,
+	    "link", vm->link ? link_state(vm->link) : "none",
+	    "journal_seq", (json_int_t)journal_last_seq(vm->j),
+	    "acked_seq", (json_int_t)vm->acked_seq,
+	    "bytes_shipped", (json_int_t)vm->bytes_shipped);
+	if (vm->phase == SHIP_SYNCING || vm->sync_total)
+		json_object_set_new(o, "initial_copy", json_pack(
+		    "{s:I,s:I,s:f}", "done", (json_int_t)vm->sync_done,
+		    "total", (json_int_t)vm->sync_total, "percent",
+		    vm->sync_total ? 100.0 * (double)vm->sync_done /
+		    (double)vm->sync_total : 100.0));
+	if (vm->refused[0])
+		json_object_set_new(o, "error", json_string(vm->refused));
+	return o;
+}
+
+static int
+point_row(const struct jentry *e, void *arg)
+{
+	json_t *a = arg;
+	char t[40];
+
+	format_time(e->time_ms, t, sizeof(t));
+	json_array_append_new(a, json_pack("{s:I,s:s,s:s,s:I,s:s}",
+	    "id", (json_int_t)e->point_id, "time", t,
+	    "kind", point_kind_name(e->kind), "bytes", (json_int_t)e->length,
+	    "label", e->label));
+	return 0;
+}
+
+json_t *
+vm_points_json(struct pvm *vm)
+{
+	json_t *a = json_array();
+
+	journal_points(vm->j, point_row, a);
+	/* on the primary, say which points the DR site holds */
+	for (size_t i = 0; i < json_array_size(a); i++) {
+		json_t *p = json_array_get(a, i);
+		json_int_t id = json_integer_value(json_object_get(p, "id"));
+
+		json_object_set_new(p, "replicated",
+		    json_boolean((uint64_t)id <= vm->acked_point));
+	}
+	return json_pack("{s:s,s:o}", "vm", vm->cfg->name, "points", a);
+}

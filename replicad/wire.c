@@ -1,0 +1,64 @@
+/* wire.c: replication frames over libevent buffers. */
+#include <event2/buffer.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+
+static void
+free_frame(const void *data, size_t len, void *arg)
+{
+	(void)len;
+	(void)arg;
+	free((void *)data);
+}
+
+int
+wire_queue(struct evbuffer *out, const Replication__Msg *m, int compress,
+    char *err, size_t errlen)
+{
+	uint8_t *buf;
+	size_t len;
+
+	if (frame_encode(m, compress, &buf, &len, err, errlen) != 0)
+		return -1;
+	if (evbuffer_add_reference(out, buf, len, free_frame, NULL) != 0) {
+		free(buf);
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
+int
+wire_drain(struct evbuffer *in, int (*fn)(Replication__Msg *, void *),
+    void *arg, char *err, size_t errlen)
+{
+	for (;;) {
+		size_t have = evbuffer_get_length(in), flen;
+		uint8_t *p;
+		Replication__Msg *m;
+		int r;
+
+		err[0] = '\0';
+		if (have < FRAME_HDR)
+			return 0;
+		p = evbuffer_pullup(in, FRAME_HDR);
+		if ((r = frame_peek(p, have, &flen, err, errlen)) < 0)
+			return -1;
+		if (r == 0 || have < flen)
+			return 0;
+		if ((p = evbuffer_pullup(in, (ssize_t)flen)) == NULL) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		m = frame_decode(p, flen, err, errlen);
+		evbuffer_drain(in, flen);
+		if (m == NULL)
+			return -1;
+		r = fn(m, arg);
+		replication__msg__free_unpacked(m, NULL);
+		if (r != 0)
+			return -1;
+	}
+}
