@@ -277,7 +277,8 @@ static size_t
 br_prefix(uint8_t *key, const uint8_t *pre, size_t plen, uint32_t disk,
     uint64_t blk)
 {
-	memcpy(key, pre, plen);
+	if (plen)
+		memcpy(key, pre, plen);
 	kv_put32(key + plen, disk);
 	kv_put64(key + plen + 4, blk);
 	return plen + 12;

@@ -115,7 +115,7 @@ cmd_checkpoint(struct daemon *d, struct ctl_conn *c, json_t *req,
 	int wait = json_is_true(json_object_get(req, "wait"));
 	int memory = json_is_true(json_object_get(req, "memory"));
 	char err[512];
-	uint64_t id;
+	uint64_t id, seq = 0;
 
 	if (vm == NULL)
 		return fail(recv_find(d, name) ? "vm %s is a replica here; "
@@ -128,7 +128,7 @@ cmd_checkpoint(struct daemon *d, struct ctl_conn *c, json_t *req,
 		return fail("memory points are not supported by this version");
 	if (label && strlen(label) > JOURNAL_LABEL_MAX)
 		return fail("label longer than %d bytes", JOURNAL_LABEL_MAX);
-	if ((id = vm_cut_point(vm, POINT_CRASH, label, err,
+	if ((id = vm_cut_point(vm, POINT_CRASH, label, &seq, err,
 	    sizeof(err))) == 0)
 		return fail("%s", err);
 	if (wait && id > vm->acked_point) {
@@ -139,6 +139,7 @@ cmd_checkpoint(struct daemon *d, struct ctl_conn *c, json_t *req,
 			return fail("out of memory");
 		vm->waiters = n;
 		vm->waiters[vm->nwaiters].point = id;
+		vm->waiters[vm->nwaiters].seq = seq;
 		vm->waiters[vm->nwaiters].conn = c;
 		vm->nwaiters++;
 		c->waiting = 1;

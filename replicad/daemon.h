@@ -59,6 +59,7 @@ enum ship_phase {
 
 struct waiter {
 	uint64_t point;
+	uint64_t seq;		/* the point's marker */
 	struct ctl_conn *conn;
 };
 
@@ -107,7 +108,7 @@ struct pvm *vm_find(struct daemon *d, const char *name);
 extern const struct nbd_backend vm_nbd_backend;
 /* Cut a point now; returns its id or 0 with err set. */
 uint64_t vm_cut_point(struct pvm *vm, enum point_kind kind,
-    const char *label, char *err, size_t errlen);
+    const char *label, uint64_t *seq, char *err, size_t errlen);
 void vm_tick(struct pvm *vm, int64_t now_ms);
 void vm_acked(struct pvm *vm, uint64_t seq, uint64_t point);
 json_t *vm_status_json(struct pvm *vm, int64_t now_ms);

@@ -224,7 +224,7 @@ send_sync_done(struct pvm *vm)
 	/* The first point: all disks as of the end of the copy. */
 	vm->point_deferred = 0;
 	vm_cut_point(vm, POINT_CRASH, vm->deferred_label[0] ?
-	    vm->deferred_label : "initial copy", err, sizeof(err));
+	    vm->deferred_label : "initial copy", NULL, err, sizeof(err));
 	vm->deferred_label[0] = '\0';
 }
 

@@ -477,7 +477,7 @@ const struct nbd_backend vm_nbd_backend = {
 
 uint64_t
 vm_cut_point(struct pvm *vm, enum point_kind kind, const char *label,
-    char *err, size_t errlen)
+    uint64_t *seqp, char *err, size_t errlen)
 {
 	uint64_t id, seq;
 
@@ -505,6 +505,8 @@ vm_cut_point(struct pvm *vm, enum point_kind kind, const char *label,
 	vm->need_sync = 1;
 	vm_commit(vm);
 	vm->last_point_ms = now_ms();
+	if (seqp)
+		*seqp = seq;
 	log_debug("vm %s: point %llu at seq %llu", vm->cfg->name,
 	    (unsigned long long)id, (unsigned long long)seq);
 	return id;
@@ -523,7 +525,9 @@ vm_acked(struct pvm *vm, uint64_t seq, uint64_t point)
 	for (size_t i = 0; i < vm->nwaiters; i++) {
 		struct waiter *w = &vm->waiters[i];
 
-		if (w->point <= vm->acked_point) {
+		/* durable on the DR site: applied, or staged while the
+		 * replica is failed over */
+		if (w->point <= vm->acked_point || w->seq <= vm->acked_seq) {
 			json_t *r = json_pack("{s:b,s:s,s:I}", "ok", 1, "vm",
 			    vm->cfg->name, "point", (json_int_t)w->point);
 
@@ -558,7 +562,8 @@ vm_tick(struct pvm *vm, int64_t now)
 	if (now >= vm->next_point_ms) {
 		vm->next_point_ms = now + (int64_t)vm->cfg->interval_ms;
 		if (journal_get(vm->j, JM_SYNCED))
-			vm_cut_point(vm, POINT_CRASH, NULL, err, sizeof(err));
+			vm_cut_point(vm, POINT_CRASH, NULL, NULL, err,
+			    sizeof(err));
 	}
 	/* Trim what the DR site holds and the images hold durably. */
 	upto = vm->acked_seq < vm->written_seq ? vm->acked_seq :

@@ -559,10 +559,11 @@ test_bad_zstd(void **state)
 	/* claiming 3 bytes, holding them: a valid zstd frame of junk */
 	for (int i = 0; i < 8; i++)
 		h[FRAME_HDR + 5 + i] = i == 0 ? 3 : 0;
-	h[FRAME_HDR + 14] = 0xff;
-	h[FRAME_HDR + 15] = 0xff;
 	h[FRAME_HDR + 16] = 0xff;
-	decode_fails(h, FRAME_HDR + 17, NULL);
+	h[FRAME_HDR + 17] = 0xff;
+	h[FRAME_HDR + 18] = 0xff;
+	put_hdr(h, 19, 1, FRAME_F_ZSTD);
+	decode_fails(h, FRAME_HDR + 19, "malformed");
 }
 
 /* ------------------------------------------------------------------ */
