@@ -89,6 +89,7 @@ struct pvm {
 	uint64_t sync_done, sync_total;
 	int64_t sync_started_ms;
 	char refused[256];
+	int64_t refused_ms;
 
 	/* points */
 	int64_t next_point_ms;
@@ -120,6 +121,8 @@ void ship_link_ready(struct link *l);
 void ship_link_down(struct link *l);
 int ship_on_msg(struct link *l, Replication__Msg *m);
 void ship_pump(struct link *l);
+/* Announce a refused VM again (the cause may be gone: space freed...). */
+void ship_retry(struct pvm *vm);
 
 /* ------------------------------------------------------------------ */
 /* link.c: the SSH transport to one peer */

@@ -69,6 +69,17 @@ ship_link_ready(struct link *l)
 }
 
 void
+ship_retry(struct pvm *vm)
+{
+	if (vm->link && link_is_ready(vm->link)) {
+		log_info("vm %s: announcing again after: %s", vm->cfg->name,
+		    vm->refused);
+		send_announce(vm->link, vm);
+		link_kick(vm->link);
+	}
+}
+
+void
 ship_link_down(struct link *l)
 {
 	struct daemon *d = link_daemon(l);
@@ -110,6 +121,7 @@ on_state(struct link *l, struct pvm *vm, const Replication__VmState *st)
 	uint64_t next = st->applied_seq + 1;
 
 	(void)l;
+	vm->refused[0] = '\0';
 	if (st->need_full || st->epoch != epoch)
 		start_sync(vm, st->epoch ? "different lineage" : "new replica");
 	else if (st->applied_seq > last)
@@ -172,6 +184,7 @@ ship_on_msg(struct link *l, Replication__Msg *m)
 		if (vm == NULL)
 			return -1;	/* not about one VM: drop the link */
 		vm->phase = SHIP_REFUSED;
+		vm->refused_ms = now_ms();
 		snprintf(vm->refused, sizeof(vm->refused), "%s: %s",
 		    link_peer(l)->name, m->error->message);
 		return 0;

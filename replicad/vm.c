@@ -559,6 +559,8 @@ vm_tick(struct pvm *vm, int64_t now)
 	char err[256];
 	uint64_t upto;
 
+	if (vm->phase == SHIP_REFUSED && now - vm->refused_ms >= 10000)
+		ship_retry(vm);
 	if (now >= vm->next_point_ms) {
 		vm->next_point_ms = now + (int64_t)vm->cfg->interval_ms;
 		if (journal_get(vm->j, JM_SYNCED))

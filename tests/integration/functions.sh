@@ -137,12 +137,14 @@ EOC
 }
 
 start_a() {
+	rm -f "$T/a/control.sock"	# a killed daemon leaves its socket
 	"$BIN/replicad" -d -c "$T/a.conf" >>"$T/a.log" 2>&1 &
 	A_PID=$!
 	wait_sock "$T/a/control.sock" "$A_PID" || die "site-a did not start"
 }
 
 start_b() {
+	rm -f "$T/b/control.sock"
 	"$BIN/replicad" -d -c "$T/b.conf" >>"$T/b.log" 2>&1 &
 	B_PID=$!
 	wait_sock "$T/b/control.sock" "$B_PID" || die "site-b did not start"
