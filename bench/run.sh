@@ -72,6 +72,11 @@ rb_long() { timeout "$CMD_TIMEOUT" "$BIN/replica" -c "$T/b.conf" "$@"; }
 
 sha() { sha256sum <"$1" | cut -d' ' -f1; }
 
+# cpu_secs PID: user+system CPU seconds the process has used so far
+cpu_secs() {
+	awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
 # wait_point_long N SECONDS: functions.sh's wait_replica_point (60 s) in a
 # loop, for initial copies of large images
 wait_point_long() {
@@ -205,12 +210,15 @@ run_fio() {
 }
 
 bench_nbd() {
-	local wl r q k t0 t1 img sock pid js
+	local wl r q k t0 t1 img sock pid js ca cb
 	for wl in rand seq; do
 		log "nbd $wl: replicad export (journaling, DR site up)"
 		sites_up "$NBD_SIZE"
+		ca=$(cpu_secs "$A_PID")
+		cb=$(cpu_secs "$B_PID")
 		r=$(run_fio "$wl" "$(URI_A)" replicad)
 		js=$(ra --json status web01 | jget vms 0 journal_bytes)
+		note nbd "replicad $wl: CPU used during the ${NBD_RUNTIME} s fio run: site-a daemon $(awk -v a="$ca" -v b="$(cpu_secs "$A_PID")" 'BEGIN { printf "%.1f", b - a }') s, site-b daemon $(awk -v a="$cb" -v b="$(cpu_secs "$B_PID")" 'BEGIN { printf "%.1f", b - a }') s (of $(nproc) CPUs x ${NBD_RUNTIME} s)"
 		t0=$(now)
 		if ra_long checkpoint web01 --wait >/dev/null; then
 			note nbd "replicad $wl: after fio, the DR site caught up (checkpoint --wait) in $(secs "$t0" "$(now)") s; journal backlog at fio's end: $js bytes"

@@ -100,6 +100,15 @@ link_queued(struct link *l)
 static void
 teardown(struct link *l)
 {
+	/*
+	 * A non-blocking libssh2 may answer EAGAIN to the frees below and keep
+	 * its memory; with the socket shut down its sends fail at once, so in
+	 * blocking mode the frees complete without waiting on the peer.
+	 */
+	if (l->fd >= 0)
+		shutdown(l->fd, SHUT_RDWR);
+	if (l->sess)
+		libssh2_session_set_blocking(l->sess, 1);
 	if (l->chan) {
 		libssh2_channel_free(l->chan);
 		l->chan = NULL;

@@ -49,6 +49,13 @@ check() {
 }
 
 finish() {
+	# stop the daemons so a sanitizer build reports leaks, then look
+	[ -n "$A_PID" ] && stop_a
+	[ -n "$B_PID" ] && stop_b
+	if grep -lE 'Sanitizer|runtime error' "$T"/a.log "$T"/b.log 2>/dev/null; then
+		not_ok "sanitizer reports in daemon logs"
+		grep -hE -A15 'Sanitizer|runtime error' "$T"/a.log "$T"/b.log | head -40
+	fi
 	echo "$pass passed, $fail failed"
 	[ "$fail" -eq 0 ]
 }
