@@ -300,7 +300,7 @@ bench_ssh() {
 	if $SSH2 -v root@127.0.0.1 'cat >/dev/null' <"$data" 2>"$BENCH_DIR/ssh.err"; then
 		t1=$(now)
 		result ssh "$SSH_SIZE random data shipped" MB/s "$ours" "OpenSSH ssh 'cat >/dev/null'" "$(mbps "$n" "$(secs "$t0" "$t1")")"
-		cipher=$(grep -m1 'kex: client->server cipher' "$BENCH_DIR/ssh.err" | sed 's/.*cipher: //')
+		cipher=$(grep -m1 'kex: client->server cipher' "$BENCH_DIR/ssh.err" | tr -d '\r' | sed 's/.*cipher: //')
 		note ssh "OpenSSH $(ssh -V 2>&1 | cut -d, -f1) negotiated: $cipher; $(secs "$t0" "$t1") s"
 	else
 		result ssh "$SSH_SIZE random data shipped" MB/s "$ours" "OpenSSH ssh 'cat >/dev/null'" FAILED
