@@ -25,6 +25,8 @@ struct journal {
 	int txn_err;		/* sticky error of the open transaction */
 	uint64_t last_seq;	/* committed */
 	uint64_t next_seq;	/* next to hand out (in the open txn) */
+	uint64_t pend_bytes;	/* data appended in the open txn: the meta */
+	uint64_t pend_cycle;	/* counters are written once, at commit */
 	uint8_t *scratch;
 	size_t scratch_len;
 	char err[256];
@@ -178,11 +180,13 @@ put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
 	k.mv_data = key;
 	d.mv_size = data ? len - inl : 0;
 	d.mv_data = data ? (uint8_t *)data + inl : (void *)"";
-	if ((rc = mdb_put(j->txn, j->log, &k, &d, MDB_APPEND)) != 0 ||
-	    (data && (rc = add_bytes(j, "bytes", len)) != 0) ||
-	    (data && (rc = add_bytes(j, "cycle_bytes", len)) != 0)) {
+	if ((rc = mdb_put(j->txn, j->log, &k, &d, MDB_APPEND)) != 0) {
 		j->txn_err = rc;
 		return jfail(j, "append: %s", mdb_strerror(rc));
+	}
+	if (data) {
+		j->pend_bytes += len;
+		j->pend_cycle += len;
 	}
 	j->next_seq = seq + 1;
 	return 0;
@@ -254,6 +258,7 @@ put_point(struct journal *j, uint64_t seq, uint64_t id, int64_t time_ms,
 		j->txn_err = rc;
 		return jfail(j, "append point: %s", mdb_strerror(rc));
 	}
+	j->pend_cycle = 0;
 	j->next_seq = seq + 1;
 	return 0;
 }
@@ -268,6 +273,7 @@ journal_append_point(struct journal *j, enum point_kind kind,
 		return jfail(j, "append outside a good transaction");
 	kv_get_u64(j->txn, j->meta, JM_LAST_POINT, &last, 0);
 	kv_get_u64(j->txn, j->meta, "cycle_bytes", &cycle, 0);
+	cycle += j->pend_cycle;
 	*id = last + 1;
 	*seq = j->next_seq;
 	return put_point(j, j->next_seq, last + 1, time_ms, kind, label,
@@ -316,6 +322,13 @@ journal_commit(struct journal *j)
 		journal_abort(j);
 		return jfail(j, "commit after error: %s", mdb_strerror(rc));
 	}
+	if ((j->pend_bytes && (rc = add_bytes(j, "bytes",
+	    (int64_t)j->pend_bytes)) != 0) || (j->pend_cycle &&
+	    (rc = add_bytes(j, "cycle_bytes", (int64_t)j->pend_cycle)) != 0)) {
+		journal_abort(j);
+		return jfail(j, "commit: %s", mdb_strerror(rc));
+	}
+	j->pend_bytes = j->pend_cycle = 0;
 	rc = mdb_txn_commit(j->txn);
 	j->txn = NULL;
 	if (rc != 0) {
@@ -333,6 +346,7 @@ journal_abort(struct journal *j)
 		mdb_txn_abort(j->txn);
 	j->txn = NULL;
 	j->next_seq = j->last_seq + 1;
+	j->pend_bytes = j->pend_cycle = 0;
 }
 
 int

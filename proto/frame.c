@@ -7,6 +7,20 @@
 #include <string.h>
 #include <zstd.h>
 
+/*
+ * One compression and one decompression context, reused: creating them per
+ * frame costs more than compressing a small frame.  The daemon is single-
+ * threaded; frames are encoded and decoded on its one thread.
+ */
+static ZSTD_CCtx *cctx;
+static ZSTD_DCtx *dctx;
+
+/* Level -1: zstd's fast mode; shipping is CPU-bound before it is
+ * wire-bound on a LAN, and a WAN gains most from the first ratio points. */
+#define FRAME_ZSTD_LEVEL (-1)
+
+#define FRAME_ZSTD_BACKOFF 8	/* raw frames after one that did not pay */
+
 static void
 put_hdr(uint8_t *p, uint32_t len, uint16_t type, uint16_t flags)
 {
@@ -19,16 +33,21 @@ put_hdr(uint8_t *p, uint32_t len, uint16_t type, uint16_t flags)
 }
 
 int
-frame_encode(const Replication__Msg *m, int compress, uint8_t **out,
+frame_encode(const Replication__Msg *m, struct frame_zstd *z, uint8_t **out,
     size_t *outlen, char *err, size_t errlen)
 {
 	size_t plen = replication__msg__get_packed_size(m);
 	uint8_t *buf;
+	int compress = z != NULL;
 
 	if (plen > FRAME_MAX) {
 		snprintf(err, errlen, "message of %zu bytes over the %u cap",
 		    plen, FRAME_MAX);
 		return -1;
+	}
+	if (compress && plen >= 512 && z->skip > 0) {
+		z->skip--;
+		compress = 0;
 	}
 	if (compress && plen >= 512) {
 		uint8_t *raw = malloc(plen);
@@ -42,7 +61,11 @@ frame_encode(const Replication__Msg *m, int compress, uint8_t **out,
 			return -1;
 		}
 		replication__msg__pack(m, raw);
-		clen = ZSTD_compress(buf + FRAME_HDR, bound, raw, plen, 1);
+		if (cctx == NULL && (cctx = ZSTD_createCCtx()) == NULL)
+			clen = (size_t)-1;
+		else
+			clen = ZSTD_compressCCtx(cctx, buf + FRAME_HDR, bound,
+			    raw, plen, FRAME_ZSTD_LEVEL);
 		if (!ZSTD_isError(clen) && clen < plen - plen / 16) {
 			free(raw);
 			put_hdr(buf, clen, m->body_case, FRAME_F_ZSTD);
@@ -51,6 +74,7 @@ frame_encode(const Replication__Msg *m, int compress, uint8_t **out,
 			return 0;
 		}
 		/* Not worth it: send the packed bytes as they are. */
+		z->skip = FRAME_ZSTD_BACKOFF;
 		memcpy(buf + FRAME_HDR, raw, plen);
 		free(raw);
 	} else {
@@ -130,7 +154,12 @@ frame_decode(const uint8_t *frame, size_t len, char *err, size_t errlen)
 			snprintf(err, errlen, "out of memory");
 			return NULL;
 		}
-		got = ZSTD_decompress(raw, rlen, payload, plen);
+		if (dctx == NULL && (dctx = ZSTD_createDCtx()) == NULL) {
+			free(raw);
+			snprintf(err, errlen, "out of memory");
+			return NULL;
+		}
+		got = ZSTD_decompressDCtx(dctx, raw, rlen, payload, plen);
 		if (ZSTD_isError(got) || got != rlen) {
 			free(raw);
 			snprintf(err, errlen, "corrupt compressed payload");

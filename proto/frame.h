@@ -19,13 +19,20 @@
 #define FRAME_MAX	(48u << 20)	/* payload cap, packed or unpacked */
 #define FRAME_F_ZSTD	0x0001
 
+/* Compression state of one sender: after a frame that did not compress,
+ * the next few go raw, so incompressible data (encrypted or compressed
+ * guest disks) costs no CPU for nothing.  Zero-initialise. */
+struct frame_zstd {
+	unsigned skip;
+};
+
 /*
  * Pack M into a new frame (header included) in *out (malloc'd, caller
- * frees).  With compress != 0 the payload is zstd-compressed when that
- * makes it smaller.  Returns 0, or -1 with err set.
+ * frees).  With z != NULL the payload is zstd-compressed when that makes
+ * it smaller.  Returns 0, or -1 with err set.
  */
-int frame_encode(const Replication__Msg *m, int compress, uint8_t **out,
-    size_t *outlen, char *err, size_t errlen);
+int frame_encode(const Replication__Msg *m, struct frame_zstd *z,
+    uint8_t **out, size_t *outlen, char *err, size_t errlen);
 
 /*
  * Look at the start of a byte stream.  Returns 1 and sets *framelen when a

@@ -100,6 +100,7 @@ struct pvm {
 	int64_t last_point_ms;
 	int64_t last_ack_ms;
 	uint64_t bytes_shipped;
+	struct frame_zstd zstd;
 };
 
 /* vm.c */
@@ -134,7 +135,8 @@ const struct cfg_peer *link_peer(struct link *l);
 int link_is_ready(struct link *l);
 const char *link_state(struct link *l);
 /* Queue a message; returns 0 or -1 (the link is then reset). */
-int link_send(struct link *l, const Replication__Msg *m, int compress);
+int link_send(struct link *l, const Replication__Msg *m,
+    struct frame_zstd *z);
 size_t link_queued(struct link *l);
 /* Drop the connection with a reason and reconnect after a backoff. */
 void link_reset(struct link *l, const char *why);
@@ -179,7 +181,7 @@ void control_reply(struct ctl_conn *c, json_t *reply);
 
 /* wire.c: frames over evbuffers */
 int wire_queue(struct evbuffer *out, const Replication__Msg *m,
-    int compress, char *err, size_t errlen);
+    struct frame_zstd *z, char *err, size_t errlen);
 /* Decode every whole frame in IN and pass it to fn (which must not free
  * it); returns 0, or -1 with err set on a bad frame or when fn fails. */
 int wire_drain(struct evbuffer *in, int (*fn)(Replication__Msg *, void *),

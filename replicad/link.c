@@ -331,7 +331,7 @@ send_hello(struct link *l)
 	m.body_case = REPLICATION__MSG__BODY_HELLO;
 	m.hello = &h;
 	l->st = L_HELLO;
-	link_send(l, &m, 0);
+	link_send(l, &m, NULL);
 }
 
 static int
@@ -555,13 +555,13 @@ link_step(struct link *l)
 }
 
 int
-link_send(struct link *l, const Replication__Msg *m, int compress)
+link_send(struct link *l, const Replication__Msg *m, struct frame_zstd *z)
 {
 	char err[256];
 
 	if (l->st != L_READY && l->st != L_HELLO)
 		return -1;
-	if (wire_queue(l->out, m, compress, err, sizeof(err)) != 0) {
+	if (wire_queue(l->out, m, z, err, sizeof(err)) != 0) {
 		link_reset(l, err);
 		return -1;
 	}

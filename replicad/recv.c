@@ -207,7 +207,7 @@ send_msg(struct rconn *c, const Replication__Msg *m)
 {
 	char err[256];
 
-	if (wire_queue(bufferevent_get_output(c->bev), m, 0, err,
+	if (wire_queue(bufferevent_get_output(c->bev), m, NULL, err,
 	    sizeof(err)) != 0) {
 		log_warnx("%s: peer %s: %s", __func__, c->peer, err);
 		return -1;

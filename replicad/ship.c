@@ -18,10 +18,10 @@
 #define SCAN_CHUNK	(1u << 20)	/* image read per sync frame */
 #define ZBLOCK		4096
 
-static int
+static struct frame_zstd *
 compress_of(struct pvm *vm)
 {
-	return vm->cfg->compress == COMPRESS_ZSTD;
+	return vm->cfg->compress == COMPRESS_ZSTD ? &vm->zstd : NULL;
 }
 
 static void
@@ -53,7 +53,7 @@ send_announce(struct link *l, struct pvm *vm)
 	m.body_case = REPLICATION__MSG__BODY_ANNOUNCE;
 	m.announce = &a;
 	vm->phase = SHIP_ANNOUNCED;
-	link_send(l, &m, 0);
+	link_send(l, &m, NULL);
 }
 
 void
@@ -223,7 +223,7 @@ send_sync_done(struct pvm *vm)
 	sd.base_seq = vm->sync_base;
 	m.body_case = REPLICATION__MSG__BODY_SYNC_DONE;
 	m.sync_done = &sd;
-	if (link_send(vm->link, &m, 0) != 0)
+	if (link_send(vm->link, &m, NULL) != 0)
 		return;
 	if (journal_begin(vm->j) != 0 ||
 	    journal_set(vm->j, JM_SYNCED, 1) != 0 ||
@@ -445,7 +445,7 @@ stream_step(struct pvm *vm)
 		p.label = b.point.label;
 		m.body_case = REPLICATION__MSG__BODY_POINT;
 		m.point = &p;
-		if ((r = link_send(vm->link, &m, 0)) != 0)
+		if ((r = link_send(vm->link, &m, NULL)) != 0)
 			goto out;
 		vm->send_seq = b.point.seq + 1;
 	}

@@ -14,13 +14,13 @@ free_frame(const void *data, size_t len, void *arg)
 }
 
 int
-wire_queue(struct evbuffer *out, const Replication__Msg *m, int compress,
-    char *err, size_t errlen)
+wire_queue(struct evbuffer *out, const Replication__Msg *m,
+    struct frame_zstd *z, char *err, size_t errlen)
 {
 	uint8_t *buf;
 	size_t len;
 
-	if (frame_encode(m, compress, &buf, &len, err, errlen) != 0)
+	if (frame_encode(m, z, &buf, &len, err, errlen) != 0)
 		return -1;
 	if (evbuffer_add_reference(out, buf, len, free_frame, NULL) != 0) {
 		free(buf);

@@ -72,7 +72,10 @@ encode(const Replication__Msg *m, int compress, size_t *len)
 	char err[256] = "";
 	uint8_t *out = NULL;
 
-	if (frame_encode(m, compress, &out, len, err, sizeof(err)) != 0)
+	struct frame_zstd z = { 0 };
+
+	if (frame_encode(m, compress ? &z : NULL, &out, len, err,
+	    sizeof(err)) != 0)
 		fail_msg("frame_encode: %s", err);
 	assert_non_null(out);
 	assert_true(*len >= FRAME_HDR);
