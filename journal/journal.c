@@ -335,7 +335,7 @@ journal_commit(struct journal *j)
 		j->next_seq = j->last_seq + 1;
 		return jfail(j, "commit: %s", mdb_strerror(rc));
 	}
-	j->last_seq = j->next_seq - 1;
+	__atomic_store_n(&j->last_seq, j->next_seq - 1, __ATOMIC_RELEASE);
 	return 0;
 }
 
@@ -372,10 +372,11 @@ journal_get(struct journal *j, const char *key)
 	return v;
 }
 
+/* Read from any thread: the shipper follows the writer. */
 uint64_t
 journal_last_seq(struct journal *j)
 {
-	return j->last_seq;
+	return __atomic_load_n(&j->last_seq, __ATOMIC_ACQUIRE);
 }
 
 uint64_t
@@ -634,7 +635,7 @@ journal_reset(struct journal *j)
 		journal_abort(j);
 		return jfail(j, "reset: %s", mdb_strerror(rc));
 	}
-	j->last_seq = 0;
+	__atomic_store_n(&j->last_seq, 0, __ATOMIC_RELEASE);
 	j->next_seq = 1;
 	if ((rc = mdb_txn_commit(j->txn)) != 0) {
 		j->txn = NULL;

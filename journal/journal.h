@@ -11,7 +11,12 @@
  *
  * Writes are group-committed: journal_begin(), any number of appends,
  * journal_commit().  Commits are not fsynced; journal_sync() makes every
- * committed entry durable (NBD FLUSH and FUA).  The library is pure: no
+ * committed entry durable (NBD FLUSH and FUA).
+ *
+ * Threads: one thread writes (begin/append/commit/trim/set); another may
+ * read at the same time with journal_read(), journal_last_seq(),
+ * journal_first_seq() and journal_get().  journal_read() uses a scratch
+ * buffer of the journal, so only one thread at a time may call it.  The library is pure: no
  * event loop, no network; errors come back as -1 with a message in
  * journal_error().
  */

@@ -3,10 +3,20 @@
  * that defines them, in the order data flows: NBD write -> journal (vm.c)
  * -> shipper (ship.c) -> SSH link (link.c) -> wire -> receiver (recv.c)
  * -> recovery store.  control.c serves the CLI; main.c owns start-up.
+ *
+ * Threads: the main thread runs NBD, journal writes, points, trim, the
+ * control socket and the DR receiver.  The shipper thread runs ship.c and
+ * link.c on its own event base: journal reads, framing, compression and
+ * SSH.  They share the journal (LMDB: one writer, concurrent readers) and
+ * the disk images (the shipper only reads them), and talk through
+ * messages: the main thread wakes a link when the journal grows
+ * (link_wake); the shipper posts acks and copy milestones (post_main) and
+ * publishes what status shows (struct ship_pub, under daemon.mu).
  */
 #ifndef REPLICAD_DAEMON_H
 #define REPLICAD_DAEMON_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -57,6 +67,30 @@ enum ship_phase {
 	SHIP_REFUSED,		/* the DR site refused this VM */
 };
 
+/* What the shipper thread shows the main thread (under daemon.mu). */
+struct ship_pub {
+	enum ship_phase phase;
+	uint64_t sync_done, sync_total;
+	uint64_t bytes_shipped;
+	char refused[256];
+	char link[320];
+};
+
+/* Shipper -> main thread messages. */
+enum smsg_type {
+	SM_SYNC_START = 1,	/* a = base seq: the initial copy began */
+	SM_SYNC_DONE,		/* the copy is sent: cut its point */
+	SM_SYNCED,		/* the replica is in step with this journal */
+	SM_ACK,			/* a = seq, b = point durable on the DR site */
+};
+
+struct smsg {
+	struct pvm *vm;
+	enum smsg_type type;
+	uint64_t a, b;
+	struct smsg *next;
+};
+
 struct waiter {
 	uint64_t point;
 	uint64_t seq;		/* the point's marker */
@@ -78,7 +112,7 @@ struct pvm {
 	int need_sync;
 	uint64_t written_seq;	/* entries up to here are in the images */
 
-	/* shipping */
+	/* shipping: owned by the shipper thread */
 	enum ship_phase phase;
 	uint64_t send_seq;	/* next entry to send */
 	uint64_t acked_seq;
@@ -101,6 +135,7 @@ struct pvm {
 	int64_t last_ack_ms;
 	uint64_t bytes_shipped;
 	struct frame_zstd zstd;
+	struct ship_pub pub;	/* under daemon.mu */
 };
 
 /* vm.c */
@@ -116,9 +151,14 @@ void vm_acked(struct pvm *vm, uint64_t seq, uint64_t point);
 json_t *vm_status_json(struct pvm *vm, int64_t now_ms);
 json_t *vm_points_json(struct pvm *vm);
 void vm_drop_waiters(struct daemon *d, struct ctl_conn *conn);
+/* A message from the shipper thread (main thread). */
+void vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a,
+    uint64_t b);
 
-/* ship.c */
+/* ship.c (shipper thread) */
 void ship_link_ready(struct link *l);
+void ship_link_changed(struct link *l);
+void ship_tick(struct daemon *d);
 void ship_link_down(struct link *l);
 int ship_on_msg(struct link *l, Replication__Msg *m);
 void ship_pump(struct link *l);
@@ -141,6 +181,8 @@ size_t link_queued(struct link *l);
 /* Drop the connection with a reason and reconnect after a backoff. */
 void link_reset(struct link *l, const char *why);
 void link_kick(struct link *l);
+/* From the main thread: the journal grew, ship it. */
+void link_wake(struct link *l);
 
 /* ------------------------------------------------------------------ */
 /* DR side */
@@ -187,6 +229,11 @@ int wire_queue(struct evbuffer *out, const Replication__Msg *m,
 int wire_drain(struct evbuffer *in, int (*fn)(Replication__Msg *, void *),
     void *arg, char *err, size_t errlen);
 
+/* main.c */
+/* From the shipper thread: queue a message for the main thread. */
+void post_main(struct daemon *d, struct pvm *vm, enum smsg_type type,
+    uint64_t a, uint64_t b);
+
 /* util.c */
 int64_t now_ms(void);
 void format_time(int64_t ms, char *buf, size_t len);	/* RFC 3339 UTC */
@@ -207,6 +254,16 @@ struct daemon {
 	struct rconn *rconns;	/* list of receiving connections */
 	struct event *tick;
 	struct event *sigs[3];
+
+	/* the shipper thread */
+	struct event_base *sbase;
+	struct event *stick;
+	pthread_t sthread;
+	int sthread_up;
+	pthread_mutex_t mu;	/* inbox, ship_pub */
+	struct smsg *inbox;
+	struct smsg **inbox_tail;
+	struct event *ev_inbox;
 	struct ctl_listener *ctl;
 };
 

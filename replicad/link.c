@@ -50,7 +50,7 @@ struct link {
 	int fd;
 	LIBSSH2_SESSION *sess;
 	LIBSSH2_CHANNEL *chan;
-	struct event *ev_rd, *ev_wr, *ev_timer;
+	struct event *ev_rd, *ev_wr, *ev_timer, *ev_wake;
 	struct evbuffer *out, *in;
 	int backoff_ms;
 	char why[256];		/* last failure, for status */
@@ -150,6 +150,7 @@ link_reset(struct link *l, const char *why)
 	tv.tv_sec = l->backoff_ms / 1000;
 	tv.tv_usec = (l->backoff_ms % 1000) * 1000;
 	evtimer_add(l->ev_timer, &tv);
+	ship_link_changed(l);
 	l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX ? BACKOFF_MAX :
 	    l->backoff_ms * 2;
 }
@@ -229,8 +230,8 @@ start_connect(struct link *l)
 	rc = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &rc, sizeof(rc));
 	l->fd = fd;
-	l->ev_rd = event_new(l->d->base, fd, EV_READ, io_cb, l);
-	l->ev_wr = event_new(l->d->base, fd, EV_WRITE, io_cb, l);
+	l->ev_rd = event_new(l->d->sbase, fd, EV_READ, io_cb, l);
+	l->ev_wr = event_new(l->d->sbase, fd, EV_WRITE, io_cb, l);
 	l->st = L_CONNECT;
 	arm(l);
 }
@@ -371,6 +372,7 @@ on_frame(Replication__Msg *m, void *arg)
 		log_info("link %s: ready (%s:%d)", l->peer->name,
 		    l->peer->host, l->peer->port);
 		ship_link_ready(l);
+		ship_link_changed(l);
 		return 0;
 	}
 	if (ship_on_msg(l, m) != 0) {
@@ -576,6 +578,28 @@ link_kick(struct link *l)
 		link_step(l);
 }
 
+static void
+wake_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct link *l = arg;
+
+	(void)fd;
+	(void)ev;
+	if (l->st != L_READY)
+		return;
+	ship_pump(l);
+	if (l->st == L_READY)
+		link_step(l);
+}
+
+/* Any thread: the journal grew.  event_active() is thread-safe once
+ * evthread_use_pthreads() ran. */
+void
+link_wake(struct link *l)
+{
+	event_active(l->ev_wake, EV_READ, 0);
+}
+
 struct link *
 link_new(struct daemon *d, const struct cfg_peer *peer)
 {
@@ -590,9 +614,10 @@ link_new(struct daemon *d, const struct cfg_peer *peer)
 	l->out = evbuffer_new();
 	l->in = evbuffer_new();
 	l->iobuf = malloc(IO_CHUNK);
-	l->ev_timer = evtimer_new(d->base, timer_cb, l);
+	l->ev_timer = evtimer_new(d->sbase, timer_cb, l);
+	l->ev_wake = event_new(d->sbase, -1, 0, wake_cb, l);
 	if (l->out == NULL || l->in == NULL || l->iobuf == NULL ||
-	    l->ev_timer == NULL) {
+	    l->ev_timer == NULL || l->ev_wake == NULL) {
 		link_free(l);
 		return NULL;
 	}
@@ -613,6 +638,8 @@ link_free(struct link *l)
 	teardown(l);
 	if (l->ev_timer)
 		event_free(l->ev_timer);
+	if (l->ev_wake)
+		event_free(l->ev_wake);
 	if (l->out)
 		evbuffer_free(l->out);
 	if (l->in)

@@ -15,7 +15,9 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <libssh2.h>
+#include <pthread.h>
 
 #include "daemon.h"
 #include "log.h"
@@ -44,6 +46,67 @@ tick_cb(evutil_socket_t fd, short ev, void *arg)
 	for (size_t i = 0; i < d->nvms; i++)
 		vm_tick(&d->vms[i], now);
 	recv_tick(d, now);
+}
+
+/* ------------------------------------------------------------------ */
+/* the shipper thread and its messages */
+
+void
+post_main(struct daemon *d, struct pvm *vm, enum smsg_type type, uint64_t a,
+    uint64_t b)
+{
+	struct smsg *m = calloc(1, sizeof(*m));
+
+	if (m == NULL) {
+		log_warnx("%s: out of memory", __func__);
+		return;
+	}
+	m->vm = vm;
+	m->type = type;
+	m->a = a;
+	m->b = b;
+	pthread_mutex_lock(&d->mu);
+	*d->inbox_tail = m;
+	d->inbox_tail = &m->next;
+	pthread_mutex_unlock(&d->mu);
+	event_active(d->ev_inbox, EV_READ, 0);
+}
+
+static void
+inbox_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct daemon *d = arg;
+	struct smsg *m, *next;
+
+	(void)fd;
+	(void)ev;
+	pthread_mutex_lock(&d->mu);
+	m = d->inbox;
+	d->inbox = NULL;
+	d->inbox_tail = &d->inbox;
+	pthread_mutex_unlock(&d->mu);
+	for (; m; m = next) {
+		next = m->next;
+		vm_on_ship_msg(m->vm, m->type, m->a, m->b);
+		free(m);
+	}
+}
+
+static void
+stick_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	(void)fd;
+	(void)ev;
+	ship_tick(arg);
+}
+
+static void *
+shipper(void *arg)
+{
+	struct daemon *d = arg;
+
+	event_base_loop(d->sbase, EVLOOP_NO_EXIT_ON_EMPTY);
+	return NULL;
 }
 
 static void
@@ -93,8 +156,14 @@ run(struct daemon *d)
 
 	if (libssh2_init(0) != 0)
 		fatalx("libssh2_init failed");
-	if ((d->base = event_base_new()) == NULL)
+	if (evthread_use_pthreads() != 0)
+		fatalx("evthread_use_pthreads failed");
+	pthread_mutex_init(&d->mu, NULL);
+	d->inbox_tail = &d->inbox;
+	if ((d->base = event_base_new()) == NULL ||
+	    (d->sbase = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
+	d->ev_inbox = event_new(d->base, -1, 0, inbox_cb, d);
 	if (mkdirs(d->cfg.state_dir, 0700) != 0)
 		fatal("state_dir %s", d->cfg.state_dir);
 	if (parent_dir(d->cfg.control) != 0 || parent_dir(d->cfg.nbd) != 0)
@@ -132,12 +201,29 @@ run(struct daemon *d)
 	}
 	d->tick = event_new(d->base, -1, EV_PERSIST, tick_cb, d);
 	event_add(d->tick, &one);
+	d->stick = event_new(d->sbase, -1, EV_PERSIST, stick_cb, d);
+	event_add(d->stick, &one);
+	if (pthread_create(&d->sthread, NULL, shipper, d) != 0)
+		fatalx("cannot start the shipper thread");
+	d->sthread_up = 1;
 	log_info("site %s: %zu protected vm(s), %zu replica(s), control %s%s%s",
 	    d->cfg.site_name, d->nvms, d->nrvms, d->cfg.control,
 	    d->nvms ? ", nbd " : "", d->nvms ? d->cfg.nbd : "");
 	event_base_dispatch(d->base);
 	rc = 0;
 out:
+	if (d->sthread_up) {
+		event_base_loopexit(d->sbase, NULL);
+		pthread_join(d->sthread, NULL);
+	}
+	/* the links go first: they belong to the stopped shipper thread */
+	for (size_t i = 0; i < d->nlinks; i++)
+		link_free(d->links[i]);
+	d->nlinks = 0;
+	for (size_t i = 0; i < d->nvms; i++)
+		d->vms[i].link = NULL;
+	if (d->stick)
+		event_free(d->stick);
 	if (d->tick)
 		event_free(d->tick);
 	for (int i = 0; i < 3; i++)
@@ -148,10 +234,13 @@ out:
 		nbd_server_free(d->nbd);
 	recv_close_all(d);
 	vm_close_all(d);
-	for (size_t i = 0; i < d->nlinks; i++)
-		link_free(d->links[i]);
 	free(d->links);
+	inbox_cb(-1, 0, d);	/* free what the shipper posted last */
+	if (d->ev_inbox)
+		event_free(d->ev_inbox);
+	event_base_free(d->sbase);
 	event_base_free(d->base);
+	pthread_mutex_destroy(&d->mu);
 	libssh2_exit();
 	return rc;
 }

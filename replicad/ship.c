@@ -1,8 +1,9 @@
 /*
- * ship.c: the primary's shipper.  Per VM on a link: announce, then either
- * the initial copy (image blocks, holes and zero blocks skipped) or the
- * journal from where the DR site stands; acks advance the trim mark and
- * answer `checkpoint --wait`.
+ * ship.c: the primary's shipper, on the shipper thread.  Per VM on a link:
+ * announce, then either the initial copy (image blocks, holes and zero
+ * blocks skipped) or the journal from where the DR site stands.  Acks and
+ * copy milestones go to the main thread (post_main), which trims the
+ * journal, cuts points and answers `checkpoint --wait`.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -22,6 +23,33 @@ static struct frame_zstd *
 compress_of(struct pvm *vm)
 {
 	return vm->cfg->compress == COMPRESS_ZSTD ? &vm->zstd : NULL;
+}
+
+/* Show the main thread where this VM's shipping stands. */
+static void
+publish(struct pvm *vm)
+{
+	struct daemon *d = vm->d;
+
+	pthread_mutex_lock(&d->mu);
+	vm->pub.phase = vm->phase;
+	vm->pub.sync_done = vm->sync_done;
+	vm->pub.sync_total = vm->sync_total;
+	vm->pub.bytes_shipped = vm->bytes_shipped;
+	snprintf(vm->pub.refused, sizeof(vm->pub.refused), "%s", vm->refused);
+	snprintf(vm->pub.link, sizeof(vm->pub.link), "%s",
+	    vm->link ? link_state(vm->link) : "none");
+	pthread_mutex_unlock(&d->mu);
+}
+
+void
+ship_link_changed(struct link *l)
+{
+	struct daemon *d = link_daemon(l);
+
+	for (size_t i = 0; i < d->nvms; i++)
+		if (d->vms[i].link == l)
+			publish(&d->vms[i]);
 }
 
 static void
@@ -53,6 +81,7 @@ send_announce(struct link *l, struct pvm *vm)
 	m.body_case = REPLICATION__MSG__BODY_ANNOUNCE;
 	m.announce = &a;
 	vm->phase = SHIP_ANNOUNCED;
+	publish(vm);
 	link_send(l, &m, NULL);
 }
 
@@ -85,8 +114,22 @@ ship_link_down(struct link *l)
 	struct daemon *d = link_daemon(l);
 
 	for (size_t i = 0; i < d->nvms; i++)
-		if (d->vms[i].link == l && d->vms[i].phase != SHIP_REFUSED)
+		if (d->vms[i].link == l && d->vms[i].phase != SHIP_REFUSED) {
 			d->vms[i].phase = SHIP_DOWN;
+			publish(&d->vms[i]);
+		}
+}
+
+/* Once a second: announce refused VMs again. */
+void
+ship_tick(struct daemon *d)
+{
+	int64_t now = now_ms();
+
+	for (size_t i = 0; i < d->nvms; i++)
+		if (d->vms[i].phase == SHIP_REFUSED &&
+		    now - d->vms[i].refused_ms >= 10000)
+			ship_retry(&d->vms[i]);
 }
 
 static void
@@ -100,12 +143,9 @@ start_sync(struct pvm *vm, const char *why)
 	for (size_t i = 0; i < vm->ndisks; i++)
 		vm->sync_total += vm->disks[i].size;
 	vm->sync_started_ms = now_ms();
-	if (journal_begin(vm->j) != 0 ||
-	    journal_set(vm->j, JM_SYNCED, 0) != 0 ||
-	    journal_set(vm->j, JM_SYNC_BASE, vm->sync_base) != 0 ||
-	    journal_commit(vm->j) != 0)
-		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
+	post_main(vm->d, vm, SM_SYNC_START, vm->sync_base, 0);
 	vm->phase = SHIP_SYNCING;
+	publish(vm);
 	log_info("vm %s: initial copy to %s (%s): %llu bytes, journal "
 	    "follows after %llu", vm->cfg->name, vm->cfg->replicate_to, why,
 	    (unsigned long long)vm->sync_total,
@@ -132,11 +172,10 @@ on_state(struct link *l, struct pvm *vm, const Replication__VmState *st)
 	else {
 		vm->phase = SHIP_STREAMING;
 		vm->send_seq = next;
-		if (!journal_get(vm->j, JM_SYNCED) && journal_begin(vm->j) == 0) {
-			journal_set(vm->j, JM_SYNCED, 1);
-			journal_commit(vm->j);
-		}
-		vm_acked(vm, st->applied_seq, st->last_point);
+		publish(vm);
+		if (!journal_get(vm->j, JM_SYNCED))
+			post_main(vm->d, vm, SM_SYNCED, 0, 0);
+		post_main(vm->d, vm, SM_ACK, st->applied_seq, st->last_point);
 		log_info("vm %s: replica at %llu (point %llu); streaming from "
 		    "%llu to %llu", vm->cfg->name,
 		    (unsigned long long)st->applied_seq,
@@ -175,7 +214,7 @@ ship_on_msg(struct link *l, Replication__Msg *m)
 			    m->ack->vm);
 			return -1;
 		}
-		vm_acked(vm, m->ack->seq, m->ack->point);
+		post_main(vm->d, vm, SM_ACK, m->ack->seq, m->ack->point);
 		return 0;
 	case REPLICATION__MSG__BODY_ERROR:
 		vm = vm_on_link(l, m->error->vm);
@@ -187,6 +226,7 @@ ship_on_msg(struct link *l, Replication__Msg *m)
 		vm->refused_ms = now_ms();
 		snprintf(vm->refused, sizeof(vm->refused), "%s: %s",
 		    link_peer(l)->name, m->error->message);
+		publish(vm);
 		return 0;
 	default:
 		log_warnx("%s: unexpected %s message from %s", __func__,
@@ -217,7 +257,6 @@ send_sync_done(struct pvm *vm)
 {
 	Replication__Msg m = REPLICATION__MSG__INIT;
 	Replication__SyncDone sd = REPLICATION__SYNC_DONE__INIT;
-	char err[256];
 
 	sd.vm = (char *)vm->cfg->name;
 	sd.base_seq = vm->sync_base;
@@ -225,20 +264,14 @@ send_sync_done(struct pvm *vm)
 	m.sync_done = &sd;
 	if (link_send(vm->link, &m, NULL) != 0)
 		return;
-	if (journal_begin(vm->j) != 0 ||
-	    journal_set(vm->j, JM_SYNCED, 1) != 0 ||
-	    journal_commit(vm->j) != 0)
-		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 	vm->phase = SHIP_STREAMING;
 	vm->send_seq = vm->sync_base + 1;
 	vm->sync_done = vm->sync_total;
+	publish(vm);
 	log_info("vm %s: initial copy sent in %.1f s", vm->cfg->name,
 	    (double)(now_ms() - vm->sync_started_ms) / 1000.0);
-	/* The first point: all disks as of the end of the copy. */
-	vm->point_deferred = 0;
-	vm_cut_point(vm, POINT_CRASH, vm->deferred_label[0] ?
-	    vm->deferred_label : "initial copy", NULL, err, sizeof(err));
-	vm->deferred_label[0] = '\0';
+	/* the main thread cuts the first point: all disks as of now */
+	post_main(vm->d, vm, SM_SYNC_DONE, 0, 0);
 }
 
 /* Read the next stretch of the image and send its non-zero blocks. */
@@ -324,6 +357,7 @@ sync_step(struct pvm *vm)
 	m.body_case = REPLICATION__MSG__BODY_SYNC;
 	m.sync = &sb;
 	vm->bytes_shipped += len;
+	publish(vm);
 	return link_send(vm->link, &m, compress_of(vm));
 }
 
@@ -432,6 +466,7 @@ stream_step(struct pvm *vm)
 			goto out;
 		vm->send_seq = b.ents[b.n - 1].seq + 1;
 		vm->bytes_shipped += b.used;
+		publish(vm);
 	}
 	if (b.have_point) {
 		Replication__Msg m = REPLICATION__MSG__INIT;

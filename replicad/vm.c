@@ -344,10 +344,8 @@ vm_commit(struct pvm *vm)
 		if (vm->ops[i].req)
 			nbd_complete(vm->ops[i].req, err);
 	}
-	if (!err && vm->link) {
-		ship_pump(vm->link);
-		link_kick(vm->link);
-	}
+	if (!err && vm->link)
+		link_wake(vm->link);
 }
 
 /* ------------------------------------------------------------------ */
@@ -487,10 +485,12 @@ vm_cut_point(struct pvm *vm, enum point_kind kind, const char *label,
 		vm->point_deferred = 1;
 		snprintf(vm->deferred_label, sizeof(vm->deferred_label), "%s",
 		    label ? label : "");
+		pthread_mutex_lock(&vm->d->mu);
 		snprintf(err, errlen, "initial copy of %s not complete "
 		    "(%llu of %llu bytes); a point is cut when it is",
-		    vm->cfg->name, (unsigned long long)vm->sync_done,
-		    (unsigned long long)vm->sync_total);
+		    vm->cfg->name, (unsigned long long)vm->pub.sync_done,
+		    (unsigned long long)vm->pub.sync_total);
+		pthread_mutex_unlock(&vm->d->mu);
 		return 0;
 	}
 	if (journal_begin(vm->j) != 0 ||
@@ -539,6 +539,44 @@ vm_acked(struct pvm *vm, uint64_t seq, uint64_t point)
 }
 
 void
+vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a, uint64_t b)
+{
+	char err[256];
+
+	switch (type) {
+	case SM_SYNC_START:
+		if (journal_begin(vm->j) != 0 ||
+		    journal_set(vm->j, JM_SYNCED, 0) != 0 ||
+		    journal_set(vm->j, JM_SYNC_BASE, a) != 0 ||
+		    journal_commit(vm->j) != 0)
+			log_warnx("vm %s: %s", vm->cfg->name,
+			    journal_error(vm->j));
+		break;
+	case SM_SYNCED:
+	case SM_SYNC_DONE:
+		if (journal_begin(vm->j) != 0 ||
+		    journal_set(vm->j, JM_SYNCED, 1) != 0 ||
+		    journal_commit(vm->j) != 0) {
+			log_warnx("vm %s: %s", vm->cfg->name,
+			    journal_error(vm->j));
+			break;
+		}
+		if (type == SM_SYNCED)
+			break;
+		/* The first point: all disks as of the end of the copy. */
+		vm->point_deferred = 0;
+		vm_cut_point(vm, POINT_CRASH, vm->deferred_label[0] ?
+		    vm->deferred_label : "initial copy", NULL, err,
+		    sizeof(err));
+		vm->deferred_label[0] = '\0';
+		break;
+	case SM_ACK:
+		vm_acked(vm, a, b);
+		break;
+	}
+}
+
+void
 vm_drop_waiters(struct daemon *d, struct ctl_conn *conn)
 {
 	for (size_t v = 0; v < d->nvms; v++) {
@@ -559,8 +597,6 @@ vm_tick(struct pvm *vm, int64_t now)
 	char err[256];
 	uint64_t upto;
 
-	if (vm->phase == SHIP_REFUSED && now - vm->refused_ms >= 10000)
-		ship_retry(vm);
 	if (now >= vm->next_point_ms) {
 		vm->next_point_ms = now + (int64_t)vm->cfg->interval_ms;
 		if (journal_get(vm->j, JM_SYNCED))
@@ -591,9 +627,9 @@ vm_tick(struct pvm *vm, int64_t now)
 /* reports */
 
 static const char *
-phase_name(struct pvm *vm)
+phase_name(enum ship_phase phase)
 {
-	switch (vm->phase) {
+	switch (phase) {
 	case SHIP_DOWN:
 		return "disconnected";
 	case SHIP_ANNOUNCED:
@@ -615,40 +651,41 @@ vm_status_json(struct pvm *vm, int64_t now)
 	    vm->last_point_ms : 0;
 	double lag = 0;
 	const char *health = "normal";
+	struct ship_pub pub;
 	json_t *o;
 	struct jentry p;
 
+	pthread_mutex_lock(&vm->d->mu);
+	pub = vm->pub;
+	pthread_mutex_unlock(&vm->d->mu);
 	if (vm->acked_point && journal_find_point(vm->j, vm->acked_point,
 	    &p) == 1)
 		since = p.time_ms;
 	if (since)
 		lag = (double)(now - since) / 1000.0;
-	else if (journal_last_seq(vm->j))
-		lag = -1;
-	if (vm->phase == SHIP_REFUSED || (vm->cfg->interval_ms &&
+	if (pub.phase == SHIP_REFUSED || (vm->cfg->interval_ms &&
 	    lag > 10.0 * (double)vm->cfg->interval_ms / 1000.0))
 		health = "critical";
-	else if (vm->phase != SHIP_STREAMING || (lag > 2.0 *
+	else if (pub.phase != SHIP_STREAMING || (lag > 2.0 *
 	    (double)vm->cfg->interval_ms / 1000.0))
 		health = "warning";
 	o = json_pack("{s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:s,s:s,s:I,s:I,s:I}",
-	    "name", vm->cfg->name, "role", "primary", "state", phase_name(vm),
-	    "health", health, "lag_seconds", lag < 0 ? 0.0 : lag,
+	    "name", vm->cfg->name, "role", "primary", "state",
+	    phase_name(pub.phase), "health", health, "lag_seconds", lag,
 	    "last_point", (json_int_t)vm->acked_point,
 	    "journal_bytes", (json_int_t)journal_bytes(vm->j),
-	    "peer", vm->cfg->replicate_to,
-	    "link", vm->link ? link_state(vm->link) : "none",
+	    "peer", vm->cfg->replicate_to, "link", pub.link,
 	    "journal_seq", (json_int_t)journal_last_seq(vm->j),
 	    "acked_seq", (json_int_t)vm->acked_seq,
-	    "bytes_shipped", (json_int_t)vm->bytes_shipped);
-	if (vm->phase == SHIP_SYNCING || vm->sync_total)
+	    "bytes_shipped", (json_int_t)pub.bytes_shipped);
+	if (pub.phase == SHIP_SYNCING || pub.sync_total)
 		json_object_set_new(o, "initial_copy", json_pack(
-		    "{s:I,s:I,s:f}", "done", (json_int_t)vm->sync_done,
-		    "total", (json_int_t)vm->sync_total, "percent",
-		    vm->sync_total ? 100.0 * (double)vm->sync_done /
-		    (double)vm->sync_total : 100.0));
-	if (vm->refused[0])
-		json_object_set_new(o, "error", json_string(vm->refused));
+		    "{s:I,s:I,s:f}", "done", (json_int_t)pub.sync_done,
+		    "total", (json_int_t)pub.sync_total, "percent",
+		    pub.sync_total ? 100.0 * (double)pub.sync_done /
+		    (double)pub.sync_total : 100.0));
+	if (pub.refused[0])
+		json_object_set_new(o, "error", json_string(pub.refused));
 	return o;
 }
 
