@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -288,6 +289,11 @@ main(int argc, char **argv)
 		return 0;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* Write buffers of up to 32 MiB come and go with every request:
+	 * keep them on the heap instead of a fresh mmap (and page faults)
+	 * each time. */
+	mallopt(M_MMAP_THRESHOLD, 64 << 20);
+	mallopt(M_TRIM_THRESHOLD, 256 << 20);
 	log_init("replicad", fg, verbose);
 	if (!fg && daemon(0, 0) == -1)
 		fatal("daemon");

@@ -359,6 +359,14 @@ on_announce(struct rconn *c, const Replication__VmAnnounce *a)
 		    (unsigned long long)si.failover_point);
 		return 0;
 	}
+	/* points staged before an apply failed (a full disk, say) are
+	 * applied now, before the primary resumes after them */
+	if (!need_full && si.state == STORE_NORMAL &&
+	    store_apply(r->store) < 0) {
+		an->refused = 1;
+		send_error(c, a->vm, "%s", store_error(r->store));
+		return 0;
+	}
 	st.vm = r->name;
 	st.epoch = si.epoch;
 	st.applied_seq = need_full ? 0 : store_held_seq(r->store);

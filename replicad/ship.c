@@ -349,6 +349,12 @@ sync_step(struct pvm *vm)
 	}
 	vm->sync_off += len;
 	vm->sync_done += len;
+	if (vm->sync_total >= (64u << 20) && vm->sync_done * 10 /
+	    vm->sync_total != (vm->sync_done - len) * 10 / vm->sync_total)
+		log_info("vm %s: initial copy %llu%% (%llu of %llu MiB)",
+		    vm->cfg->name, (unsigned long long)(vm->sync_done * 100 /
+		    vm->sync_total), (unsigned long long)(vm->sync_done >> 20),
+		    (unsigned long long)(vm->sync_total >> 20));
 	sb.vm = (char *)vm->cfg->name;
 	sb.n_blocks = n;
 	sb.blocks = entp;
