@@ -1,5 +1,6 @@
 /* store.c: the DR site's per-VM store (see store.h). */
 #include "store.h"
+#include "fileio.h"
 #include "kv.h"
 
 #include <errno.h>
@@ -197,40 +198,18 @@ static int
 pwrite_all(struct store *s, uint32_t disk, uint64_t off, const void *data,
     size_t len)
 {
-	const uint8_t *p = data;
-
-	while (len > 0) {
-		ssize_t n = pwrite(s->fds[disk], p, len, (off_t)off);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return sfail(s, "write %s: %s", s->paths[disk],
-			    strerror(errno));
-		}
-		p += n;
-		off += (uint64_t)n;
-		len -= (size_t)n;
-	}
+	if (pwrite_full(s->fds[disk], data, len, off) != 0)
+		return sfail(s, "write %s: %s", s->paths[disk],
+		    strerror(errno));
 	return 0;
 }
 
 static int
-zero_range(struct store *s, uint32_t disk, uint64_t off, uint64_t len)
+zero_disk(struct store *s, uint32_t disk, uint64_t off, uint64_t len)
 {
-	static const uint8_t zeroes[65536];
-
-	if (fallocate(s->fds[disk], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-	    (off_t)off, (off_t)len) == 0)
-		return 0;
-	while (len > 0) {
-		size_t n = len > sizeof(zeroes) ? sizeof(zeroes) : len;
-
-		if (pwrite_all(s, disk, off, zeroes, n) != 0)
-			return -1;
-		off += n;
-		len -= n;
-	}
+	if (zero_range(s->fds[disk], off, len) != 0)
+		return sfail(s, "zero %s: %s", s->paths[disk],
+		    strerror(errno));
 	return 0;
 }
 
@@ -240,23 +219,10 @@ read_block(struct store *s, uint32_t disk, uint64_t blk, uint8_t *buf)
 {
 	uint64_t off = blk * STORE_BLOCK, size = s->info.disks[disk].size;
 	size_t len = size - off < STORE_BLOCK ? size - off : STORE_BLOCK;
-	size_t got = 0;
 
-	while (got < len) {
-		ssize_t n = pread(s->fds[disk], buf + got, len - got,
-		    (off_t)(off + got));
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return sfail(s, "read %s: %s", s->paths[disk],
-			    strerror(errno));
-		if (n == 0) {
-			memset(buf + got, 0, len - got);
-			break;
-		}
-		got += (size_t)n;
-	}
+	if (pread_full(s->fds[disk], buf, len, off) != 0)
+		return sfail(s, "read %s: %s", s->paths[disk],
+		    strerror(errno));
 	return (ssize_t)len;
 }
 
@@ -703,7 +669,7 @@ store_sync_write(struct store *s, uint32_t disk, uint64_t off, uint32_t len,
 	if (check_range(s, disk, off, len) != 0)
 		return -1;
 	return data ? pwrite_all(s, disk, off, data, len) :
-	    zero_range(s, disk, off, len);
+	    zero_disk(s, disk, off, len);
 }
 
 int
@@ -887,7 +853,7 @@ write_chunk(struct store *s, const struct chunk *c)
 		const struct jentry *e = &c->e[i];
 		int r = e->type == JE_WRITE ?
 		    pwrite_all(s, e->disk, e->offset, e->data, e->length) :
-		    zero_range(s, e->disk, e->offset, e->length);
+		    zero_disk(s, e->disk, e->offset, e->length);
 
 		if (r != 0)
 			return -1;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "fileio.h"
 #include "log.h"
 
 #define SHIP_WINDOW	(16u << 20)	/* bytes queued on a link at most */
@@ -283,7 +284,7 @@ sync_step(struct pvm *vm)
 	Replication__SyncBlocks sb = REPLICATION__SYNC_BLOCKS__INIT;
 	Replication__Entry ents[SCAN_CHUNK / ZBLOCK], *entp[SCAN_CHUNK / ZBLOCK];
 	struct pdisk *pd;
-	size_t n = 0, len, got = 0;
+	size_t n = 0, len;
 	off_t data;
 
 	while (vm->sync_disk < vm->ndisks &&
@@ -311,21 +312,9 @@ sync_step(struct pvm *vm)
 	}
 	len = pd->size - vm->sync_off < SCAN_CHUNK ?
 	    (size_t)(pd->size - vm->sync_off) : SCAN_CHUNK;
-	while (got < len) {
-		ssize_t r = pread(pd->fd, buf + got, len - got,
-		    (off_t)(vm->sync_off + got));
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			log_warn("vm %s: read %s", vm->cfg->name, pd->export);
-			return -1;
-		}
-		if (r == 0) {
-			memset(buf + got, 0, len - got);
-			break;
-		}
-		got += (size_t)r;
+	if (pread_full(pd->fd, buf, len, vm->sync_off) != 0) {
+		log_warn("vm %s: read %s", vm->cfg->name, pd->export);
+		return -1;
 	}
 	for (size_t o = 0; o < len; o += ZBLOCK) {
 		size_t bl = len - o < ZBLOCK ? len - o : ZBLOCK;

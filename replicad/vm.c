@@ -17,6 +17,7 @@
 #include <event2/event.h>
 
 #include "daemon.h"
+#include "fileio.h"
 #include "log.h"
 #include "nbd.h"
 
@@ -24,42 +25,6 @@ static void vm_commit(struct pvm *vm);
 
 /* ------------------------------------------------------------------ */
 /* images */
-
-static int
-img_pwrite(struct pdisk *pd, uint64_t off, const uint8_t *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = pwrite(pd->fd, p, len, (off_t)off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -1;
-		p += n;
-		off += (uint64_t)n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static int
-img_zero(struct pdisk *pd, uint64_t off, uint64_t len)
-{
-	static const uint8_t zeroes[65536];
-
-	if (fallocate(pd->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-	    (off_t)off, (off_t)len) == 0)
-		return 0;
-	while (len > 0) {
-		size_t n = len > sizeof(zeroes) ? sizeof(zeroes) : len;
-
-		if (img_pwrite(pd, off, zeroes, n) != 0)
-			return -1;
-		off += n;
-		len -= n;
-	}
-	return 0;
-}
 
 static int
 img_sync(struct pvm *vm)
@@ -87,8 +52,8 @@ replay_one(const struct jentry *e, void *arg)
 		return 0;
 	}
 	pd = &vm->disks[e->disk];
-	if (e->type == JE_WRITE ? img_pwrite(pd, e->offset, e->data,
-	    e->length) : img_zero(pd, e->offset, e->length))
+	if (e->type == JE_WRITE ? pwrite_full(pd->fd, e->data, e->length,
+	    e->offset) : zero_range(pd->fd, e->offset, e->length))
 		log_warn("%s: %s", __func__, pd->export);
 	return 0;
 }
@@ -323,8 +288,8 @@ vm_commit(struct pvm *vm)
 
 		if (op->disk == UINT32_MAX)
 			continue;	/* a flush */
-		if (op->data ? img_pwrite(&vm->disks[op->disk], op->off,
-		    op->data, op->len) : img_zero(&vm->disks[op->disk],
+		if (op->data ? pwrite_full(vm->disks[op->disk].fd, op->data,
+		    op->len, op->off) : zero_range(vm->disks[op->disk].fd,
 		    op->off, op->len)) {
 			log_warn("vm %s: write %s", vm->cfg->name,
 			    vm->disks[op->disk].export);
@@ -386,24 +351,8 @@ static int
 be_read(void *exp, uint64_t off, uint32_t len, void *buf)
 {
 	struct pdisk *pd = exp;
-	uint8_t *p = buf;
 
-	while (len > 0) {
-		ssize_t n = pread(pd->fd, p, len, (off_t)off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return errno;
-		if (n == 0) {
-			memset(p, 0, len);
-			break;
-		}
-		p += n;
-		off += (uint64_t)n;
-		len -= (uint32_t)n;
-	}
-	return 0;
+	return pread_full(pd->fd, buf, len, off) ? errno : 0;
 }
 
 static void

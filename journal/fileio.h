@@ -1,0 +1,21 @@
+/*
+ * fileio.h: whole-range reads and writes of disk images, shared by the
+ * primary (images behind the NBD export) and the DR store (replicas).
+ * Each returns 0, or -1 with errno set.
+ */
+#ifndef REPLICAD_FILEIO_H
+#define REPLICAD_FILEIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Write all LEN bytes at OFF, retrying short writes and EINTR. */
+int pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+/* Read LEN bytes at OFF; what lies past the end of the file reads as
+ * zeroes. */
+int pread_full(int fd, void *buf, size_t len, uint64_t off);
+/* Make a range read as zeroes: punch a hole, or write zeroes where the
+ * file system cannot. */
+int zero_range(int fd, uint64_t off, uint64_t len);
+
+#endif
