@@ -210,7 +210,7 @@ run_fio() {
 }
 
 bench_nbd() {
-	local wl r q k t0 t1 img sock pid js ca cb
+	local wl r r2 q k t0 t1 img sock pid js ca cb
 	for wl in rand seq; do
 		log "nbd $wl: replicad export (journaling, DR site up)"
 		sites_up "$NBD_SIZE"
@@ -225,6 +225,14 @@ bench_nbd() {
 		else
 			note nbd "replicad $wl: checkpoint --wait after fio FAILED"
 		fi
+		sites_down
+
+		# the write path alone: journaling on, nothing shipping (the DR
+		# site down, as during an outage)
+		log "nbd $wl: replicad export (journaling, DR site down)"
+		sites_up "$NBD_SIZE"
+		stop_b
+		r2=$(run_fio "$wl" "$(URI_A)" replicad-alone)
 		sites_down
 
 		img=$BENCH_DIR/peer.img
@@ -256,12 +264,14 @@ bench_nbd() {
 		result nbd "$what" IOPS "${r% *}" "nbdkit file" "${k% *}"
 		result nbd "$what" MB/s "${r#* }" "qemu-nbd -t (cache=writeback)" "${q#* }"
 		result nbd "$what" MB/s "${r#* }" "nbdkit file" "${k#* }"
+		result nbd "$what, DR site down" IOPS "${r2% *}" "qemu-nbd -t (cache=writeback)" "${q% *}"
+		result nbd "$what, DR site down" MB/s "${r2#* }" "qemu-nbd -t (cache=writeback)" "${q#* }"
 	done
 	note nbd "fio --ioengine=nbd, numjobs 1, --size=$NBD_SIZE --runtime=$NBD_RUNTIME --time_based; each target on a fresh sparse $NBD_SIZE raw file in $TMPDIR; MB = 10^6 bytes"
 }
 
 bench_ssh() {
-	local data=$BENCH_DIR/ssh.data n t0 t1 t2 sh0 sh1 ours out cipher
+	local data=$BENCH_DIR/ssh.data n t0 t1 t2 sh0 sh1 ours out cipher cyc fig
 	n=$(bytes_of "$SSH_SIZE")
 	log "ssh: $SSH_SIZE of random data"
 	head -c "$n" /dev/urandom >"$data"
@@ -284,13 +294,38 @@ bench_ssh() {
 	else
 		note ssh "replicad: DR replica equals the primary after the point: MISMATCH"
 	fi
+
+	# The cycle alone: written while the DR site is away, shipped (and
+	# applied) when it is back: journal -> SSH -> DR durable point.
+	log "ssh: replicad: the same amount journaled with the DR site down, then shipped"
+	stop_b
+	head -c "$n" /dev/urandom >"$data.2"
+	nbdcopy "$data.2" "$(URI_A)" || die "nbdcopy failed"
+	rm -f "$data.2"
+	start_b
+	for _ in $(seq 600); do
+		[ "$(ra --json status web01 | jget vms 0 state)" = replicating ] && break
+		sleep 0.05
+	done
+	t0=$(now)
+	ra_long checkpoint web01 --wait >/dev/null || die "checkpoint --wait failed"
+	t1=$(now)
+	cyc=$(mbps "$n" "$(secs "$t0" "$t1")")
+	note ssh "replicad cycle alone: $(secs "$t0" "$t1") s from the link coming back to the point durable on the DR site (ship over SSH, stage, apply with undo records, fsync)"
+	if cmp -s "$T/a/web01.img" "$T/b/replicas/web01/web01.img"; then
+		note ssh "replicad cycle alone: DR replica equals the primary: OK"
+	else
+		note ssh "replicad cycle alone: DR replica equals the primary: MISMATCH"
+	fi
 	stop_a
 	stop_b
 
 	sshd2_up
 	log "ssh: libssh2 exec channel"
 	if out=$("$BENCH_DIR/ssh_push" 127.0.0.1 "$PORT2" root "$T/id_ed25519" "$data"); then
-		result ssh "$SSH_SIZE random data shipped" MB/s "$ours" "libssh2 exec 'cat >/dev/null'" "$(echo "$out" | cut -d' ' -f3)"
+		fig=$(echo "$out" | cut -d' ' -f3)
+		result ssh "$SSH_SIZE cycle, journal to durable DR point" MB/s "$cyc" "libssh2 exec 'cat >/dev/null'" "$fig"
+		result ssh "$SSH_SIZE written through NBD to durable DR point" MB/s "$ours" "libssh2 exec 'cat >/dev/null'" "$fig"
 		note ssh "libssh2 (blocking, default prefs) negotiated: kex $(echo "$out" | cut -d' ' -f4), cipher $(echo "$out" | cut -d' ' -f5), mac $(echo "$out" | cut -d' ' -f6); $(echo "$out" | cut -d' ' -f2) s"
 	else
 		result ssh "$SSH_SIZE random data shipped" MB/s "$ours" "libssh2 exec 'cat >/dev/null'" FAILED
@@ -299,7 +334,9 @@ bench_ssh() {
 	t0=$(now)
 	if $SSH2 -v root@127.0.0.1 'cat >/dev/null' <"$data" 2>"$BENCH_DIR/ssh.err"; then
 		t1=$(now)
-		result ssh "$SSH_SIZE random data shipped" MB/s "$ours" "OpenSSH ssh 'cat >/dev/null'" "$(mbps "$n" "$(secs "$t0" "$t1")")"
+		fig=$(mbps "$n" "$(secs "$t0" "$t1")")
+		result ssh "$SSH_SIZE cycle, journal to durable DR point" MB/s "$cyc" "OpenSSH ssh 'cat >/dev/null'" "$fig"
+		result ssh "$SSH_SIZE written through NBD to durable DR point" MB/s "$ours" "OpenSSH ssh 'cat >/dev/null'" "$fig"
 		cipher=$(grep -m1 'kex: client->server cipher' "$BENCH_DIR/ssh.err" | tr -d '\r' | sed 's/.*cipher: //')
 		note ssh "OpenSSH $(ssh -V 2>&1 | cut -d, -f1) negotiated: $cipher; $(secs "$t0" "$t1") s"
 	else
