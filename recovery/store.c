@@ -16,6 +16,7 @@
 #define STORE_MAP	(1ull << 42)	/* address space only */
 #define CHUNK_BYTES	(16u << 20)	/* data handled per transaction */
 #define PV_HDR		34		/* point value header */
+#define RUN_BLOCKS	256		/* before-images read with one pread */
 
 /* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data. */
 #define BR_ZERO 1
@@ -30,6 +31,7 @@ struct store {
 	struct store_info info;
 	uint64_t rolling;	/* a failover playback is under way */
 	uint8_t *buf;		/* CHUNK_BYTES + a block */
+	uint8_t *rbuf;		/* before-images being captured */
 	char err[512];
 };
 
@@ -252,22 +254,30 @@ br_prefix(uint8_t *key, const uint8_t *pre, size_t plen, uint32_t disk,
 
 /* Is there a record for (pre, disk, blk)?  1 yes, 0 no, -1 error. */
 static int
-br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
-    uint32_t disk, uint64_t blk)
+br_exists_at(MDB_cursor *c, const uint8_t *pre, size_t plen, uint32_t disk,
+    uint64_t blk)
 {
 	uint8_t key[32];
 	size_t kl = br_prefix(key, pre, plen, disk, blk);
-	MDB_cursor *c;
 	MDB_val k = { kl, key }, d;
-	int rc, found = 0;
+	int rc;
+
+	rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
+	if (rc == 0 && k.mv_size > kl && memcmp(k.mv_data, key, kl) == 0)
+		return 1;
+	return rc != 0 && rc != MDB_NOTFOUND ? -1 : 0;
+}
+
+static int
+br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
+    uint32_t disk, uint64_t blk)
+{
+	MDB_cursor *c;
+	int found;
 
 	if (mdb_cursor_open(txn, dbi, &c) != 0)
 		return -1;
-	rc = mdb_cursor_get(c, &k, &d, MDB_SET_RANGE);
-	if (rc == 0 && k.mv_size > kl && memcmp(k.mv_data, key, kl) == 0)
-		found = 1;
-	else if (rc != 0 && rc != MDB_NOTFOUND)
-		found = -1;
+	found = br_exists_at(c, pre, plen, disk, blk);
 	mdb_cursor_close(c);
 	return found;
 }
@@ -275,10 +285,9 @@ br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
 static int
 is_zero(const uint8_t *p, size_t len)
 {
-	for (size_t i = 0; i < len; i++)
-		if (p[i])
-			return 0;
-	return 1;
+	static const uint8_t zero[STORE_BLOCK];
+
+	return len <= STORE_BLOCK ? memcmp(p, zero, len) == 0 : 0;
 }
 
 static int
@@ -505,7 +514,8 @@ store_open(const char *dir, char *err, size_t errlen)
 	for (size_t i = 0; i < STORE_MAX_DISKS; i++)
 		s->fds[i] = -1;
 	if ((s->dir = strdup(dir)) == NULL ||
-	    (s->buf = malloc(CHUNK_BYTES + STORE_BLOCK)) == NULL) {
+	    (s->buf = malloc(CHUNK_BYTES + STORE_BLOCK)) == NULL ||
+	    (s->rbuf = malloc(RUN_BLOCKS * STORE_BLOCK)) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -568,6 +578,7 @@ store_close(struct store *s)
 		mdb_env_close(s->env);
 	}
 	free(s->buf);
+	free(s->rbuf);
 	free(s->dir);
 	free(s);
 }
@@ -800,16 +811,68 @@ collect(const struct jentry *e, void *arg)
 
 /* Save the before-image of every block the chunk touches, first touch
  * only, as undo records of point FROM; commit durably. */
+/* Capture blocks [b0, b1] of DISK not captured yet: one read for the
+ * span of those that need it. */
+static int
+capture_run(struct store *s, MDB_txn *txn, MDB_cursor *cur,
+    const uint8_t *pre, uint32_t disk, uint64_t b0, uint64_t b1)
+{
+	uint8_t need[RUN_BLOCKS];
+	uint64_t first = UINT64_MAX, last = 0, size = s->info.disks[disk].size;
+	int rc;
+
+	for (uint64_t b = b0; b <= b1; b++) {
+		int ex = br_exists_at(cur, pre, 8, disk, b);
+
+		if (ex < 0)
+			return sfail(s, "undo: lookup failed");
+		need[b - b0] = !ex;
+		if (!ex) {
+			if (first == UINT64_MAX)
+				first = b;
+			last = b;
+		}
+	}
+	if (first == UINT64_MAX)
+		return 0;
+	{
+		uint64_t off = first * STORE_BLOCK;
+		uint64_t end = (last + 1) * STORE_BLOCK < size ?
+		    (last + 1) * STORE_BLOCK : size;
+
+		if (pread_full(s->fds[disk], s->rbuf, end - off, off) != 0)
+			return sfail(s, "read %s: %s", s->paths[disk],
+			    strerror(errno));
+		for (uint64_t b = first; b <= last; b++) {
+			uint64_t bo = b * STORE_BLOCK;
+			size_t len = end - bo < STORE_BLOCK ? end - bo :
+			    STORE_BLOCK;
+
+			if (!need[b - b0])
+				continue;
+			if ((rc = br_put(txn, s->undo, pre, 8, disk, b,
+			    s->rbuf + (bo - off), len)) != 0)
+				return sfail(s, "undo: %s", mdb_strerror(rc));
+		}
+	}
+	return 0;
+}
+
 static int
 capture_undo(struct store *s, const struct chunk *c, uint64_t from)
 {
-	uint8_t pre[8], block[STORE_BLOCK];
+	uint8_t pre[8];
 	MDB_txn *txn;
+	MDB_cursor *cur;
 	int rc;
 
 	kv_put64(pre, from);
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
 		return sfail(s, "undo: %s", mdb_strerror(rc));
+	if ((rc = mdb_cursor_open(txn, s->undo, &cur)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "undo: %s", mdb_strerror(rc));
+	}
 	for (size_t i = 0; i < c->n; i++) {
 		const struct jentry *e = &c->e[i];
 		uint64_t b0, b1;
@@ -818,32 +881,23 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from)
 			continue;
 		b0 = e->offset / STORE_BLOCK;
 		b1 = (e->offset + e->length - 1) / STORE_BLOCK;
-		for (uint64_t b = b0; b <= b1; b++) {
-			ssize_t len;
-			int ex = br_exists(txn, s->undo, pre, 8, e->disk, b);
+		for (uint64_t b = b0; b <= b1; b += RUN_BLOCKS) {
+			uint64_t be = b1 - b >= RUN_BLOCKS ?
+			    b + RUN_BLOCKS - 1 : b1;
 
-			if (ex < 0) {
-				rc = EIO;
-				goto fail;
-			}
-			if (ex)
-				continue;
-			if ((len = read_block(s, e->disk, b, block)) < 0) {
+			if (capture_run(s, txn, cur, pre, e->disk, b,
+			    be) != 0) {
+				mdb_cursor_close(cur);
 				mdb_txn_abort(txn);
 				return -1;
 			}
-			if ((rc = br_put(txn, s->undo, pre, 8, e->disk, b,
-			    block, (size_t)len)) != 0)
-				goto fail;
 		}
 	}
+	mdb_cursor_close(cur);
 	if ((rc = mdb_txn_commit(txn)) != 0 ||
 	    (rc = mdb_env_sync(s->env, 1)) != 0)
 		return sfail(s, "undo commit: %s", mdb_strerror(rc));
 	return 0;
-fail:
-	mdb_txn_abort(txn);
-	return sfail(s, "undo: %s", mdb_strerror(rc));
 }
 
 static int

@@ -441,6 +441,9 @@ pump(struct link *l)
 			    (char *)l->iobuf);
 			snprintf(l->why, sizeof(l->why), "remote: %s",
 			    (char *)l->iobuf);
+			/* reading stderr may have taken in the channel's EOF
+			 * too: go round once more to see it */
+			moved = 1;
 		}
 		if (evbuffer_get_length(l->in) >= FRAME_HDR) {
 			enum lstate before = l->st;
@@ -472,6 +475,7 @@ pump(struct link *l)
 static void
 link_step(struct link *l)
 {
+	enum lstate before = l->st;
 	int rc;
 	socklen_t sl = sizeof(rc);
 
@@ -554,6 +558,8 @@ link_step(struct link *l)
 		break;
 	}
 	arm(l);
+	if (l->st != before)
+		ship_link_changed(l);	/* status shows where it stands */
 }
 
 int

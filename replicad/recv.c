@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -406,8 +407,17 @@ ensure_sync(struct ann *an)
 static void
 refuse(struct rconn *c, struct ann *an)
 {
+	struct statvfs sv;
+
 	an->refused = 1;
-	send_error(c, an->r->name, "%s", store_error(an->r->store));
+	/* A full disk often surfaces as a short write (EIO): say so. */
+	if (statvfs(an->r->dir, &sv) == 0 &&
+	    (uint64_t)sv.f_bavail * sv.f_frsize < (64u << 20))
+		send_error(c, an->r->name, "%s (the DR disk is full: %s has "
+		    "%llu KiB free)", store_error(an->r->store), an->r->dir,
+		    (unsigned long long)sv.f_bavail * sv.f_frsize / 1024);
+	else
+		send_error(c, an->r->name, "%s", store_error(an->r->store));
 }
 
 static int

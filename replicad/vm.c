@@ -446,8 +446,9 @@ vm_cut_point(struct pvm *vm, enum point_kind kind, const char *label,
 	    journal_append_point(vm->j, kind, label, now_ms(), &id,
 	    &seq) != 0) {
 		snprintf(err, errlen, "journal: %s", journal_error(vm->j));
-		journal_abort(vm->j);
-		/* a failed append poisons the batch: fail its writes */
+		/* A failed append poisons the open transaction: committing
+		 * it fails, and so do the writes waiting on it (never
+		 * acknowledged without their journal entries). */
 		vm_commit(vm);
 		return 0;
 	}
