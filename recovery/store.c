@@ -707,6 +707,8 @@ store_sync_done(struct store *s, uint64_t base_seq)
 /* ------------------------------------------------------------------ */
 /* staging and applying */
 
+static int precapture(struct store *s, const struct jentry *e, size_t n);
+
 int
 store_stage(struct store *s, const struct jentry *e, size_t n)
 {
@@ -743,6 +745,9 @@ store_stage(struct store *s, const struct jentry *e, size_t n)
 	}
 	if (journal_commit(s->stage) != 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
+	if (s->info.state == STORE_NORMAL && s->info.last_point &&
+	    precapture(s, e, n) != 0)
+		return -1;
 	return 0;
 }
 
@@ -859,7 +864,8 @@ capture_run(struct store *s, MDB_txn *txn, MDB_cursor *cur,
 }
 
 static int
-capture_undo(struct store *s, const struct chunk *c, uint64_t from)
+capture_undo(struct store *s, const struct chunk *c, uint64_t from,
+    int sync)
 {
 	uint8_t pre[8];
 	MDB_txn *txn;
@@ -895,9 +901,27 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from)
 	}
 	mdb_cursor_close(cur);
 	if ((rc = mdb_txn_commit(txn)) != 0 ||
-	    (rc = mdb_env_sync(s->env, 1)) != 0)
+	    (sync && (rc = mdb_env_sync(s->env, 1)) != 0))
 		return sfail(s, "undo commit: %s", mdb_strerror(rc));
 	return 0;
+}
+
+/*
+ * Save before-images as entries arrive rather than all at the point: the
+ * images hold the latest point until then, so what is read now is what
+ * the point's apply would read, and the reads overlap the transfer.  Not
+ * synced here: the apply syncs before it writes the images.
+ */
+static int
+precapture(struct store *s, const struct jentry *e, size_t n)
+{
+	struct chunk c;
+
+	memset(&c, 0, sizeof(c));
+	c.s = s;
+	c.e = (struct jentry *)(uintptr_t)e;
+	c.n = n;
+	return capture_undo(s, &c, s->info.last_point, 0);
 }
 
 static int
@@ -943,7 +967,7 @@ apply_point(struct store *s, const struct jentry *marker)
 		for (size_t i = 0; i < c.n; i++)
 			bytes += c.e[i].type == JE_WRITE ? c.e[i].length : 0;
 		if (c.n > 0 && ((s->info.last_point &&
-		    capture_undo(s, &c, s->info.last_point) != 0) ||
+		    capture_undo(s, &c, s->info.last_point, 1) != 0) ||
 		    write_chunk(s, &c) != 0)) {
 			free(c.e);
 			return -1;

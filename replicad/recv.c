@@ -281,6 +281,7 @@ on_announce(struct rconn *c, const Replication__VmAnnounce *a)
 	struct ann *an;
 	struct rvm *r;
 	char err[512];
+	uint64_t held = 0;
 	int need_full;
 
 	if (!safe_name(a->vm, 64)) {
@@ -362,15 +363,16 @@ on_announce(struct rconn *c, const Replication__VmAnnounce *a)
 	}
 	/* points staged before an apply failed (a full disk, say) are
 	 * applied now, before the primary resumes after them */
-	if (!need_full && si.state == STORE_NORMAL &&
-	    store_apply(r->store) < 0) {
+	if (!need_full && ((si.state == STORE_NORMAL &&
+	    store_apply(r->store) < 0) ||
+	    store_stage_sync(r->store, &held) != 0)) {
 		an->refused = 1;
 		send_error(c, a->vm, "%s", store_error(r->store));
 		return 0;
 	}
 	st.vm = r->name;
 	st.epoch = si.epoch;
-	st.applied_seq = need_full ? 0 : store_held_seq(r->store);
+	st.applied_seq = need_full ? 0 : held;
 	st.need_full = need_full;
 	st.last_point = need_full ? 0 : si.last_point;
 	m.body_case = REPLICATION__MSG__BODY_STATE;
