@@ -37,7 +37,7 @@ enum jentry_type {
 enum point_kind { POINT_CRASH = 0, POINT_RESUMABLE = 1, POINT_APP = 2 };
 
 #define JOURNAL_LABEL_MAX 200
-#define JOURNAL_MAX_ENTRY (1u << 20)	/* writes are journaled in pieces of this */
+#define JOURNAL_MAX_ENTRY (64u << 10)	/* writes are journaled in pieces of this */
 
 struct jentry {
 	uint64_t seq;
