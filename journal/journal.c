@@ -153,6 +153,18 @@ add_bytes(struct journal *j, const char *key, int64_t delta)
 	return kv_put_u64(j->txn, j->meta, key, v);
 }
 
+/* An entry may go in: a good transaction is open and SEQ is new. */
+static int
+check_put(struct journal *j, uint64_t seq)
+{
+	if (j->txn == NULL || j->txn_err)
+		return jfail(j, "append outside a good transaction");
+	if (seq < j->next_seq)
+		return jfail(j, "sequence %llu out of order",
+		    (unsigned long long)seq);
+	return 0;
+}
+
 static int
 put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
     uint32_t len, const void *data)
@@ -162,11 +174,8 @@ put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
 	MDB_val k, d;
 	int rc;
 
-	if (j->txn == NULL || j->txn_err)
-		return jfail(j, "append outside a good transaction");
-	if (seq < j->next_seq)
-		return jfail(j, "sequence %llu out of order",
-		    (unsigned long long)seq);
+	if (check_put(j, seq) != 0)
+		return -1;
 	kv_put64(key, seq);
 	key[8] = data ? JE_WRITE : JE_ZERO;
 	kv_put32(key + 9, disk);
@@ -239,11 +248,8 @@ put_point(struct journal *j, uint64_t seq, uint64_t id, int64_t time_ms,
 	MDB_val k = { LK_HDR, key }, d, p = { 8, pk };
 	int rc;
 
-	if (j->txn == NULL || j->txn_err)
-		return jfail(j, "append outside a good transaction");
-	if (seq < j->next_seq)
-		return jfail(j, "sequence %llu out of order",
-		    (unsigned long long)seq);
+	if (check_put(j, seq) != 0)
+		return -1;
 	memset(key, 0, sizeof(key));
 	kv_put64(key, seq);
 	key[8] = JE_POINT;
