@@ -55,6 +55,8 @@ struct link {
 	int backoff_ms;
 	char why[256];		/* last failure, for status */
 	uint8_t *iobuf;
+	int ready;		/* atomic: st == L_READY, for other threads */
+	int wake_pending;	/* atomic: a wake is on its way */
 };
 
 static void link_step(struct link *l);
@@ -143,6 +145,7 @@ link_reset(struct link *l, const char *why)
 		log_warnx("link %s: %s; retrying in %d ms", l->peer->name, why,
 		    l->backoff_ms);
 	snprintf(l->why, sizeof(l->why), "%s", why);
+	__atomic_store_n(&l->ready, 0, __ATOMIC_RELEASE);
 	teardown(l);
 	l->st = L_IDLE;
 	if (was_ready)
@@ -367,6 +370,7 @@ on_frame(Replication__Msg *m, void *arg)
 			return 1;
 		}
 		l->st = L_READY;
+		__atomic_store_n(&l->ready, 1, __ATOMIC_RELEASE);
 		l->why[0] = '\0';
 		l->backoff_ms = BACKOFF_MIN;
 		log_info("link %s: ready (%s:%d)", l->peer->name,
@@ -591,6 +595,7 @@ wake_cb(evutil_socket_t fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
+	__atomic_store_n(&l->wake_pending, 0, __ATOMIC_RELEASE);
 	if (l->st != L_READY)
 		return;
 	ship_pump(l);
@@ -603,6 +608,11 @@ wake_cb(evutil_socket_t fd, short ev, void *arg)
 void
 link_wake(struct link *l)
 {
+	/* One wake-up in flight is enough: waking the other thread costs a
+	 * system call, and the pump takes everything the journal holds. */
+	if (!__atomic_load_n(&l->ready, __ATOMIC_ACQUIRE) ||
+	    __atomic_exchange_n(&l->wake_pending, 1, __ATOMIC_ACQ_REL))
+		return;
 	event_active(l->ev_wake, EV_READ, 0);
 }
 
