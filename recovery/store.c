@@ -30,6 +30,8 @@ struct store {
 	char *paths[STORE_MAX_DISKS];
 	struct store_info info;
 	uint64_t rolling;	/* a failover playback is under way */
+	uint32_t cur_disk;	/* initial copy cursor, not yet durable */
+	uint64_t cur_off, cur_base;
 	uint8_t *buf;		/* CHUNK_BYTES + a block */
 	uint8_t *rbuf;		/* before-images being captured */
 	char err[512];
@@ -95,6 +97,9 @@ save_info(struct store *s, MDB_txn *txn)
 	    (rc = kv_put_u64(txn, s->meta, "sync_done", s->info.sync_done)) ||
 	    (rc = kv_put_u64(txn, s->meta, "sync_total",
 	    s->info.sync_total)) ||
+	    (rc = kv_put_u64(txn, s->meta, "sync_disk", s->info.sync_disk)) ||
+	    (rc = kv_put_u64(txn, s->meta, "sync_off", s->info.sync_off)) ||
+	    (rc = kv_put_u64(txn, s->meta, "sync_base", s->info.sync_base)) ||
 	    (rc = mdb_put(txn, s->meta, &k, &d, 0)))
 		return rc;
 	return 0;
@@ -117,6 +122,10 @@ load_info(struct store *s, MDB_txn *txn)
 	kv_get_u64(txn, s->meta, "rolling", &s->rolling, 0);
 	kv_get_u64(txn, s->meta, "sync_done", &s->info.sync_done, 0);
 	kv_get_u64(txn, s->meta, "sync_total", &s->info.sync_total, 0);
+	kv_get_u64(txn, s->meta, "sync_disk", &v, 0);
+	s->info.sync_disk = (uint32_t)v;
+	kv_get_u64(txn, s->meta, "sync_off", &s->info.sync_off, 0);
+	kv_get_u64(txn, s->meta, "sync_base", &s->info.sync_base, 0);
 	if (mdb_get(txn, s->meta, &k, &d) == 0) {
 		if (d.mv_size % 72 || d.mv_size / 72 > STORE_MAX_DISKS)
 			return MDB_CORRUPTED;
@@ -554,6 +563,9 @@ store_open(const char *dir, char *err, size_t errlen)
 		goto fail;
 	free(path);
 	path = NULL;
+	s->cur_disk = s->info.sync_disk;
+	s->cur_off = s->info.sync_off;
+	s->cur_base = s->info.sync_base;
 	if (open_disks(s, 0) != 0 || repair(s) != 0) {
 		snprintf(err, errlen, "%s", s->err);
 		goto fail;
@@ -638,6 +650,12 @@ store_begin_sync(struct store *s, uint64_t epoch,
 	s->info.failover_point = 0;
 	s->info.sync_done = 0;
 	s->info.sync_total = 0;
+	s->info.sync_disk = 0;
+	s->info.sync_off = 0;
+	s->info.sync_base = 0;
+	s->cur_disk = 0;
+	s->cur_off = 0;
+	s->cur_base = 0;
 	s->rolling = 0;
 	s->info.ndisks = ndisks;
 	memcpy(s->info.disks, disks, ndisks * sizeof(*disks));
@@ -689,6 +707,34 @@ store_sync_progress(struct store *s, uint64_t done, uint64_t total)
 	s->info.sync_done = done;
 	s->info.sync_total = total;
 	return 0;
+}
+
+int
+store_sync_cursor(struct store *s, uint32_t disk, uint64_t off,
+    uint64_t base)
+{
+	if (s->info.state != STORE_SYNCING)
+		return sfail(s, "no initial copy under way");
+	s->cur_disk = disk;
+	s->cur_off = off;
+	s->cur_base = base;
+	return 0;
+}
+
+int
+store_sync_checkpoint(struct store *s)
+{
+	if (s->info.state != STORE_SYNCING)
+		return 0;
+	if (s->cur_disk == s->info.sync_disk && s->cur_off == s->info.sync_off &&
+	    s->cur_base == s->info.sync_base)
+		return 0;
+	if (sync_disks(s) != 0)
+		return -1;
+	s->info.sync_disk = s->cur_disk;
+	s->info.sync_off = s->cur_off;
+	s->info.sync_base = s->cur_base;
+	return commit_info(s);
 }
 
 int

@@ -63,6 +63,9 @@ struct store_info {
 	uint64_t last_point;
 	uint64_t failover_point;
 	uint64_t sync_done, sync_total;	/* initial copy progress, bytes */
+	uint32_t sync_disk;	/* the copy holds everything before */
+	uint64_t sync_off;	/*   (sync_disk, sync_off) durably */
+	uint64_t sync_base;	/* and is followed by entries after this */
 	size_t ndisks;
 	struct store_disk disks[STORE_MAX_DISKS];
 };
@@ -88,6 +91,12 @@ int store_begin_sync(struct store *s, uint64_t epoch,
 int store_sync_write(struct store *s, uint32_t disk, uint64_t off,
     uint32_t len, const void *data);
 int store_sync_progress(struct store *s, uint64_t done, uint64_t total);
+/* Where the copy stands once what was written is durable: everything
+ * before (DISK, OFF), for a copy followed by entries after BASE. */
+int store_sync_cursor(struct store *s, uint32_t disk, uint64_t off,
+    uint64_t base);
+/* Make the copy so far durable, cursor included (resumable from there). */
+int store_sync_checkpoint(struct store *s);
 /* The copy is complete; journal entries after BASE_SEQ follow. */
 int store_sync_done(struct store *s, uint64_t base_seq);
 

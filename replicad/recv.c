@@ -373,6 +373,14 @@ on_announce(struct rconn *c, const Replication__VmAnnounce *a)
 	st.vm = r->name;
 	st.epoch = si.epoch;
 	st.applied_seq = need_full ? 0 : held;
+	if (need_full && si.state == STORE_SYNCING && si.epoch == a->epoch &&
+	    (si.sync_disk || si.sync_off)) {
+		/* what the interrupted copy left durable stays */
+		st.resume = 1;
+		st.resume_disk = si.sync_disk;
+		st.resume_offset = si.sync_off;
+		st.resume_base = si.sync_base;
+	}
 	st.need_full = need_full;
 	st.last_point = need_full ? 0 : si.last_point;
 	m.body_case = REPLICATION__MSG__BODY_STATE;
@@ -542,7 +550,13 @@ on_frame(Replication__Msg *m, void *arg)
 		store_sync_progress(an->r->store, m->sync->done_bytes,
 		    m->sync->total_bytes);
 		an->r->last_recv_ms = now_ms();
-		return on_entries(c, an, m->sync->blocks, m->sync->n_blocks, 1);
+		if (on_entries(c, an, m->sync->blocks, m->sync->n_blocks,
+		    1) != 0)
+			return -1;
+		if (!an->refused)
+			store_sync_cursor(an->r->store, m->sync->cursor_disk,
+			    m->sync->cursor_offset, m->sync->base_seq);
+		return 0;
 	case REPLICATION__MSG__BODY_SYNC_DONE:
 		if ((an = ann_for(c, m->sync_done->vm)) == NULL)
 			return 0;
@@ -652,8 +666,16 @@ recv_tick(struct daemon *d, int64_t now)
 	(void)now;
 	for (size_t i = 0; i < d->nrvms; i++) {
 		struct rvm *r = d->rvms[i];
+		struct store_info si;
 
-		if (r->conn && r->unsynced > 0)
+		store_info(r->store, &si);
+		if (si.state == STORE_SYNCING) {
+			/* the copy so far survives a drop or a crash */
+			if (store_sync_checkpoint(r->store) != 0)
+				log_warnx("replica %s: %s", r->name,
+				    store_error(r->store));
+			r->unsynced = 0;
+		} else if (r->conn && r->unsynced > 0)
 			send_ack(r->conn, r);
 	}
 }

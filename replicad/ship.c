@@ -153,6 +153,30 @@ start_sync(struct pvm *vm, const char *why)
 	    (unsigned long long)vm->sync_base);
 }
 
+/* Go on with an interrupted initial copy from where the DR site holds it
+ * durably; the journal after its base still holds every change since. */
+static void
+resume_sync(struct pvm *vm, const Replication__VmState *st)
+{
+	vm->sync_base = st->resume_base;
+	vm->sync_disk = st->resume_disk;
+	vm->sync_off = st->resume_offset;
+	vm->sync_total = 0;
+	vm->sync_done = st->resume_offset;
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		vm->sync_total += vm->disks[i].size;
+		if (i < st->resume_disk)
+			vm->sync_done += vm->disks[i].size;
+	}
+	vm->sync_started_ms = now_ms();
+	vm->phase = SHIP_SYNCING;
+	publish(vm);
+	log_info("vm %s: resuming the initial copy to %s at %llu of %llu "
+	    "MiB", vm->cfg->name, vm->cfg->replicate_to,
+	    (unsigned long long)(vm->sync_done >> 20),
+	    (unsigned long long)(vm->sync_total >> 20));
+}
+
 static void
 on_state(struct link *l, struct pvm *vm, const Replication__VmState *st)
 {
@@ -163,7 +187,14 @@ on_state(struct link *l, struct pvm *vm, const Replication__VmState *st)
 
 	(void)l;
 	vm->refused[0] = '\0';
-	if (st->need_full || st->epoch != epoch)
+	if (st->need_full && st->resume && st->epoch == epoch &&
+	    st->resume_disk < vm->ndisks &&
+	    st->resume_offset <= vm->disks[st->resume_disk].size &&
+	    st->resume_base == journal_get(vm->j, JM_SYNC_BASE) &&
+	    st->resume_base <= last && (first == 0 ||
+	    first <= st->resume_base + 1))
+		resume_sync(vm, st);
+	else if (st->need_full || st->epoch != epoch)
 		start_sync(vm, st->epoch ? "different lineage" : "new replica");
 	else if (st->applied_seq > last)
 		start_sync(vm, "replica is ahead of this journal");
@@ -349,6 +380,9 @@ sync_step(struct pvm *vm)
 	sb.blocks = entp;
 	sb.done_bytes = vm->sync_done;
 	sb.total_bytes = vm->sync_total;
+	sb.cursor_disk = vm->sync_disk;
+	sb.cursor_offset = vm->sync_off;
+	sb.base_seq = vm->sync_base;
 	m.body_case = REPLICATION__MSG__BODY_SYNC;
 	m.sync = &sb;
 	vm->bytes_shipped += len;
