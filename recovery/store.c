@@ -721,6 +721,12 @@ store_sync_cursor(struct store *s, uint32_t disk, uint64_t off,
 	return 0;
 }
 
+uint64_t
+store_sync_base(struct store *s)
+{
+	return s->cur_base;
+}
+
 int
 store_sync_checkpoint(struct store *s)
 {

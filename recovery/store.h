@@ -95,6 +95,8 @@ int store_sync_progress(struct store *s, uint64_t done, uint64_t total);
  * before (DISK, OFF), for a copy followed by entries after BASE. */
 int store_sync_cursor(struct store *s, uint32_t disk, uint64_t off,
     uint64_t base);
+/* The base of the copy under way (as last given to store_sync_cursor). */
+uint64_t store_sync_base(struct store *s);
 /* Make the copy so far durable, cursor included (resumable from there). */
 int store_sync_checkpoint(struct store *s);
 /* The copy is complete; journal entries after BASE_SEQ follow. */

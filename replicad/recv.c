@@ -402,16 +402,22 @@ ann_for(struct rconn *c, const char *vm)
 }
 
 static int
-ensure_sync(struct ann *an)
+ensure_sync(struct ann *an, uint64_t base)
 {
 	struct store_info si;
 
 	store_info(an->r->store, &si);
-	if (si.state == STORE_SYNCING && si.epoch == an->epoch)
+	/* The same copy going on (resumed or not): keep what is there.  A
+	 * copy with another base starts over on a clean image: blocks it
+	 * skips as zero must not keep what an earlier copy wrote. */
+	if (si.state == STORE_SYNCING && si.epoch == an->epoch &&
+	    store_sync_base(an->r->store) == base)
 		return 0;
 	log_info("replica %s: initial copy begins", an->r->name);
-	return store_begin_sync(an->r->store, an->epoch, an->disks,
-	    an->ndisks);
+	if (store_begin_sync(an->r->store, an->epoch, an->disks,
+	    an->ndisks) != 0)
+		return -1;
+	return store_sync_cursor(an->r->store, 0, 0, base);
 }
 
 static void
@@ -543,7 +549,7 @@ on_frame(Replication__Msg *m, void *arg)
 	case REPLICATION__MSG__BODY_SYNC:
 		if ((an = ann_for(c, m->sync->vm)) == NULL)
 			return 0;
-		if (ensure_sync(an) != 0) {
+		if (ensure_sync(an, m->sync->base_seq) != 0) {
 			refuse(c, an);
 			return 0;
 		}
@@ -560,7 +566,7 @@ on_frame(Replication__Msg *m, void *arg)
 	case REPLICATION__MSG__BODY_SYNC_DONE:
 		if ((an = ann_for(c, m->sync_done->vm)) == NULL)
 			return 0;
-		if (ensure_sync(an) != 0 ||
+		if (ensure_sync(an, m->sync_done->base_seq) != 0 ||
 		    store_sync_done(an->r->store, m->sync_done->base_seq) != 0)
 			refuse(c, an);
 		else
