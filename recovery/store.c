@@ -1,7 +1,10 @@
-/* store.c: the DR site's per-VM store (see store.h). */
-#include "store.h"
+/*
+ * store.c: the DR site's per-VM store (see store.h): meta, replica images,
+ * block and point records, the initial copy, staging and applying points,
+ * repair on open.  Failover, cancel, commit and retention are in history.c.
+ */
+#include "store_int.h"
 #include "fileio.h"
-#include "kv.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,34 +16,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define STORE_MAP	(1ull << 42)	/* address space only */
-#define CHUNK_BYTES	(16u << 20)	/* data handled per transaction */
-#define PV_HDR		34		/* point value header */
-#define RUN_BLOCKS	256		/* before-images read with one pread */
-
-/* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data. */
-#define BR_ZERO 1
-
-struct store {
-	char *dir;
-	MDB_env *env;
-	MDB_dbi meta, points, undo, redo;
-	struct journal *stage;
-	int fds[STORE_MAX_DISKS];
-	char *paths[STORE_MAX_DISKS];
-	struct store_info info;
-	uint64_t rolling;	/* a failover playback is under way */
-	uint32_t cur_disk;	/* initial copy cursor, not yet durable */
-	uint64_t cur_off, cur_base;
-	uint8_t *buf;		/* CHUNK_BYTES + a block */
-	uint8_t *rbuf;		/* before-images being captured */
-	char err[512];
-};
-
 /* ------------------------------------------------------------------ */
 /* errors, meta */
 
-static int
+int
 sfail(struct store *s, const char *fmt, ...)
 {
 	va_list ap;
@@ -75,7 +54,7 @@ store_state_name(enum store_state st)
 	return "unknown";
 }
 
-static int
+int
 save_info(struct store *s, MDB_txn *txn)
 {
 	uint8_t blob[STORE_MAX_DISKS * 72];
@@ -142,7 +121,7 @@ load_info(struct store *s, MDB_txn *txn)
 }
 
 /* Run a meta update in its own durable transaction. */
-static int
+int
 commit_info(struct store *s)
 {
 	MDB_txn *txn;
@@ -205,7 +184,7 @@ store_disk_path(struct store *s, size_t i)
 	return i < s->info.ndisks ? s->paths[i] : NULL;
 }
 
-static int
+int
 pwrite_all(struct store *s, uint32_t disk, uint64_t off, const void *data,
     size_t len)
 {
@@ -225,7 +204,7 @@ zero_disk(struct store *s, uint32_t disk, uint64_t off, uint64_t len)
 }
 
 /* Read block BLK of DISK; returns its length (short at the end). */
-static ssize_t
+ssize_t
 read_block(struct store *s, uint32_t disk, uint64_t blk, uint8_t *buf)
 {
 	uint64_t off = blk * STORE_BLOCK, size = s->info.disks[disk].size;
@@ -237,7 +216,7 @@ read_block(struct store *s, uint32_t disk, uint64_t blk, uint8_t *buf)
 	return (ssize_t)len;
 }
 
-static int
+int
 sync_disks(struct store *s)
 {
 	for (size_t i = 0; i < s->info.ndisks; i++)
@@ -250,7 +229,7 @@ sync_disks(struct store *s)
 /* ------------------------------------------------------------------ */
 /* block records (undo and redo) */
 
-static size_t
+size_t
 br_prefix(uint8_t *key, const uint8_t *pre, size_t plen, uint32_t disk,
     uint64_t blk)
 {
@@ -277,7 +256,7 @@ br_exists_at(MDB_cursor *c, const uint8_t *pre, size_t plen, uint32_t disk,
 	return rc != 0 && rc != MDB_NOTFOUND ? -1 : 0;
 }
 
-static int
+int
 br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk)
 {
@@ -299,7 +278,7 @@ is_zero(const uint8_t *p, size_t len)
 	return len <= STORE_BLOCK ? memcmp(p, zero, len) == 0 : 0;
 }
 
-static int
+int
 br_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk, const uint8_t *data, size_t len)
 {
@@ -327,7 +306,7 @@ br_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
 }
 
 /* Decode a record at (k, d) with prefix length PLEN into buf. */
-static int
+int
 br_decode(const MDB_val *k, const MDB_val *d, size_t plen, uint32_t *disk,
     uint64_t *blk, uint8_t *buf, size_t *len)
 {
@@ -394,7 +373,7 @@ pt_decode(const MDB_val *k, const MDB_val *d, struct store_point *p)
 	return v[25];	/* merging flag */
 }
 
-static int
+int
 pt_put(MDB_txn *txn, MDB_dbi dbi, const struct store_point *p, int merging)
 {
 	uint8_t key[8], val[PV_HDR + JOURNAL_LABEL_MAX];
@@ -409,7 +388,7 @@ pt_put(MDB_txn *txn, MDB_dbi dbi, const struct store_point *p, int merging)
 }
 
 /* Load every point row (merging ones too) into a malloc'd array. */
-static int
+int
 pt_load(struct store *s, struct store_point **out, uint8_t **merging,
     size_t *n)
 {
@@ -1086,440 +1065,6 @@ store_apply(struct store *s)
 		n++;
 	}
 	return n;
-}
-
-/* ------------------------------------------------------------------ */
-/* failover, cancel, commit */
-
-/* Play the undo records of point Q into the images, saving what they
- * overwrite as redo records first. */
-static int
-play_undo(struct store *s, uint64_t q)
-{
-	uint8_t pre[8], key[32 + KV_INLINE_MAX], block[STORE_BLOCK];
-	size_t keylen = 8;
-	int rc, more = 1;
-
-	kv_put64(pre, q);
-	memcpy(key, pre, 8);
-	while (more) {
-		MDB_txn *txn;
-		MDB_cursor *cur;
-		MDB_val k = { keylen, key }, d;
-		struct {
-			uint32_t disk;
-			uint64_t blk;
-			size_t off, len;
-		} *recs = NULL;
-		size_t n = 0, cap = 0, used = 0;
-		int op = MDB_SET_RANGE;
-
-		if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
-			return sfail(s, "failover: %s", mdb_strerror(rc));
-		if ((rc = mdb_cursor_open(txn, s->undo, &cur)) != 0) {
-			mdb_txn_abort(txn);
-			return sfail(s, "failover: %s", mdb_strerror(rc));
-		}
-		more = 0;
-		while ((rc = mdb_cursor_get(cur, &k, &d, op)) == 0) {
-			uint32_t disk;
-			uint64_t blk;
-			size_t len;
-
-			op = MDB_NEXT;
-			if (k.mv_size < 8 || memcmp(k.mv_data, pre, 8) != 0)
-				break;
-			if (used + STORE_BLOCK > CHUNK_BYTES) {
-				/* resume from this key next round */
-				keylen = k.mv_size < sizeof(key) ? k.mv_size :
-				    sizeof(key);
-				memcpy(key, k.mv_data, keylen);
-				more = 1;
-				break;
-			}
-			if (br_decode(&k, &d, 8, &disk, &blk, s->buf + used,
-			    &len) != 0 || disk >= s->info.ndisks) {
-				rc = MDB_CORRUPTED;
-				break;
-			}
-			if (n == cap) {
-				void *nr;
-
-				cap = cap ? cap * 2 : 1024;
-				if ((nr = realloc(recs, cap *
-				    sizeof(*recs))) == NULL) {
-					rc = ENOMEM;
-					break;
-				}
-				recs = nr;
-			}
-			recs[n].disk = disk;
-			recs[n].blk = blk;
-			recs[n].off = used;
-			recs[n].len = len;
-			n++;
-			used += len;
-			/* redo: first touch keeps the latest point's bytes */
-			rc = br_exists(txn, s->redo, NULL, 0, disk, blk);
-			if (rc < 0) {
-				rc = EIO;
-				break;
-			}
-			if (rc == 0) {
-				ssize_t bl = read_block(s, disk, blk, block);
-
-				if (bl < 0) {
-					rc = EIO;
-					break;
-				}
-				if ((rc = br_put(txn, s->redo, NULL, 0, disk,
-				    blk, block, (size_t)bl)) != 0)
-					break;
-			}
-			rc = 0;
-		}
-		mdb_cursor_close(cur);
-		if (rc != 0 && rc != MDB_NOTFOUND) {
-			mdb_txn_abort(txn);
-			free(recs);
-			return sfail(s, "failover: %s", rc == EIO ? s->err :
-			    mdb_strerror(rc));
-		}
-		if ((rc = mdb_txn_commit(txn)) != 0 ||
-		    (rc = mdb_env_sync(s->env, 1)) != 0) {
-			free(recs);
-			return sfail(s, "failover: %s", mdb_strerror(rc));
-		}
-		for (size_t i = 0; i < n; i++)
-			if (pwrite_all(s, recs[i].disk,
-			    recs[i].blk * STORE_BLOCK, s->buf + recs[i].off,
-			    recs[i].len) != 0) {
-				free(recs);
-				return -1;
-			}
-		free(recs);
-	}
-	return 0;
-}
-
-/* Write every redo record back: the images hold the latest point again. */
-static int
-restore_redo(struct store *s)
-{
-	MDB_txn *txn;
-	MDB_cursor *cur;
-	MDB_val k, d;
-	uint8_t block[STORE_BLOCK];
-	int rc, op = MDB_FIRST;
-
-	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
-		return sfail(s, "cancel: %s", mdb_strerror(rc));
-	if ((rc = mdb_cursor_open(txn, s->redo, &cur)) != 0) {
-		mdb_txn_abort(txn);
-		return sfail(s, "cancel: %s", mdb_strerror(rc));
-	}
-	while ((rc = mdb_cursor_get(cur, &k, &d, op)) == 0) {
-		uint32_t disk;
-		uint64_t blk;
-		size_t len;
-
-		op = MDB_NEXT;
-		if (br_decode(&k, &d, 0, &disk, &blk, block, &len) != 0 ||
-		    disk >= s->info.ndisks) {
-			rc = MDB_CORRUPTED;
-			break;
-		}
-		if (pwrite_all(s, disk, blk * STORE_BLOCK, block, len) != 0) {
-			rc = EIO;
-			break;
-		}
-	}
-	mdb_cursor_close(cur);
-	mdb_txn_abort(txn);
-	if (rc != MDB_NOTFOUND)
-		return rc == EIO ? -1 : sfail(s, "cancel: %s",
-		    mdb_strerror(rc));
-	if (sync_disks(s) != 0)
-		return -1;
-	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
-		return sfail(s, "cancel: %s", mdb_strerror(rc));
-	if ((rc = mdb_drop(txn, s->redo, 0)) != 0) {
-		mdb_txn_abort(txn);
-		return sfail(s, "cancel: %s", mdb_strerror(rc));
-	}
-	s->rolling = 0;
-	s->info.state = STORE_NORMAL;
-	s->info.failover_point = 0;
-	if ((rc = save_info(s, txn)) != 0) {
-		mdb_txn_abort(txn);
-		return sfail(s, "cancel: %s", mdb_strerror(rc));
-	}
-	if ((rc = mdb_txn_commit(txn)) != 0 ||
-	    (rc = mdb_env_sync(s->env, 1)) != 0)
-		return sfail(s, "cancel: %s", mdb_strerror(rc));
-	return 0;
-}
-
-int
-store_failover(struct store *s, uint64_t id)
-{
-	struct store_point *pts, target;
-	uint8_t *merging;
-	size_t n;
-
-	if (s->info.state == STORE_FAILEDOVER)
-		return sfail(s, "already failed over to point %llu (commit "
-		    "or cancel first)",
-		    (unsigned long long)s->info.failover_point);
-	if (s->info.state != STORE_NORMAL || s->info.last_point == 0)
-		return sfail(s, "no recovery point yet (replica is %s)",
-		    store_state_name(s->info.state));
-	if (id == 0)
-		id = s->info.last_point;
-	if (store_find_point(s, id, &target) != 1)
-		return sfail(s, "no recovery point %llu",
-		    (unsigned long long)id);
-	s->info.state = STORE_FAILEDOVER;
-	s->info.failover_point = id;
-	s->rolling = id != s->info.last_point;
-	if (commit_info(s) != 0)
-		return -1;
-	if (!s->rolling)
-		return 0;	/* the images hold it already: no copy */
-	if (pt_load(s, &pts, &merging, &n) != 0)
-		return -1;
-	for (size_t i = n; i-- > 0;) {
-		if (pts[i].id >= s->info.last_point || pts[i].id < id)
-			continue;
-		if (play_undo(s, pts[i].id) != 0) {
-			free(pts);
-			free(merging);
-			return -1;
-		}
-	}
-	free(pts);
-	free(merging);
-	if (sync_disks(s) != 0)
-		return -1;
-	s->rolling = 0;
-	return commit_info(s);
-}
-
-int
-store_cancel(struct store *s)
-{
-	if (s->info.state != STORE_FAILEDOVER)
-		return sfail(s, "not failed over (replica is %s)",
-		    store_state_name(s->info.state));
-	if (restore_redo(s) != 0)
-		return -1;
-	return store_apply(s) < 0 ? -1 : 0;
-}
-
-int
-store_commit(struct store *s)
-{
-	MDB_txn *txn;
-	MDB_cursor *cur;
-	MDB_val k, d;
-	int rc;
-
-	if (s->info.state != STORE_FAILEDOVER)
-		return sfail(s, "not failed over (replica is %s)",
-		    store_state_name(s->info.state));
-	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
-		return sfail(s, "commit: %s", mdb_strerror(rc));
-	if ((rc = mdb_drop(txn, s->undo, 0)) != 0 ||
-	    (rc = mdb_drop(txn, s->redo, 0)) != 0 ||
-	    (rc = mdb_cursor_open(txn, s->points, &cur)) != 0)
-		goto fail;
-	while ((rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT)) == 0)
-		if (k.mv_size == 8 &&
-		    kv_get64(k.mv_data) != s->info.failover_point &&
-		    (rc = mdb_cursor_del(cur, 0)) != 0)
-			break;
-	mdb_cursor_close(cur);
-	if (rc != MDB_NOTFOUND)
-		goto fail;
-	s->info.state = STORE_COMMITTED;
-	s->info.last_point = s->info.failover_point;
-	if ((rc = save_info(s, txn)) != 0)
-		goto fail;
-	if ((rc = mdb_txn_commit(txn)) != 0 ||
-	    (rc = mdb_env_sync(s->env, 1)) != 0)
-		return sfail(s, "commit: %s", mdb_strerror(rc));
-	if (journal_trim(s->stage, UINT64_MAX) < 0)
-		return sfail(s, "stage: %s", journal_error(s->stage));
-	return 0;
-fail:
-	mdb_txn_abort(txn);
-	return sfail(s, "commit: %s", mdb_strerror(rc));
-}
-
-/* ------------------------------------------------------------------ */
-/* retention */
-
-/* Move the undo records of point P to PREV (or delete them if PREV is 0)
- * where PREV has none for that block, then delete P's row.  P is marked
- * merging first so it is never listed half-merged. */
-static int
-merge_point(struct store *s, const struct store_point *p, uint64_t prev)
-{
-	uint8_t pre[8], ppre[8], block[STORE_BLOCK];
-	MDB_txn *txn;
-	MDB_cursor *cur;
-	MDB_val k, d;
-	int rc, done = 0;
-
-	kv_put64(pre, p->id);
-	kv_put64(ppre, prev);
-	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
-		return sfail(s, "retain: %s", mdb_strerror(rc));
-	if ((rc = pt_put(txn, s->points, p, 1)) != 0 ||
-	    (rc = mdb_txn_commit(txn)) != 0)
-		return sfail(s, "retain: %s", mdb_strerror(rc));
-	while (!done) {
-		int count = 0;
-
-		if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
-			return sfail(s, "retain: %s", mdb_strerror(rc));
-		if ((rc = mdb_cursor_open(txn, s->undo, &cur)) != 0)
-			goto fail;
-		k.mv_size = 8;
-		k.mv_data = pre;
-		rc = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE);
-		while (rc == 0 && count < 4096) {
-			uint32_t disk;
-			uint64_t blk;
-			size_t len;
-
-			if (k.mv_size < 8 || memcmp(k.mv_data, pre, 8) != 0)
-				break;
-			if (br_decode(&k, &d, 8, &disk, &blk, block,
-			    &len) != 0) {
-				rc = MDB_CORRUPTED;
-				break;
-			}
-			if (prev) {
-				int ex = br_exists(txn, s->undo, ppre, 8,
-				    disk, blk);
-
-				if (ex < 0) {
-					rc = EIO;
-					break;
-				}
-				if (!ex && (rc = br_put(txn, s->undo, ppre, 8,
-				    disk, blk, block, len)) != 0)
-					break;
-				/* the put may move the cursor: find again */
-				uint8_t key[32];
-				size_t kl = br_prefix(key, pre, 8, disk, blk);
-				MDB_val fk = { kl, key };
-
-				if ((rc = mdb_cursor_get(cur, &fk, &d,
-				    MDB_SET_RANGE)) != 0)
-					break;
-				k = fk;
-			}
-			if ((rc = mdb_cursor_del(cur, 0)) != 0)
-				break;
-			count++;
-			rc = mdb_cursor_get(cur, &k, &d, MDB_GET_CURRENT);
-			if (rc == EINVAL)
-				rc = MDB_NOTFOUND;
-		}
-		if (rc == MDB_NOTFOUND || (rc == 0 && count < 4096))
-			done = 1;
-		else if (rc != 0) {
-			mdb_cursor_close(cur);
-			goto fail;
-		}
-		mdb_cursor_close(cur);
-		if (done) {
-			uint8_t key[8];
-			MDB_val pk = { 8, key };
-
-			kv_put64(key, p->id);
-			if ((rc = mdb_del(txn, s->points, &pk, NULL)) != 0)
-				goto fail;
-		}
-		if ((rc = mdb_txn_commit(txn)) != 0)
-			return sfail(s, "retain: %s", mdb_strerror(rc));
-	}
-	return 0;
-fail:
-	mdb_txn_abort(txn);
-	return sfail(s, "retain: %s", mdb_strerror(rc));
-}
-
-/* Finish merges a crash interrupted. */
-static int
-finish_merges(struct store *s)
-{
-	struct store_point *pts;
-	uint8_t *merging;
-	size_t n;
-	int r = 0;
-
-	if (pt_load(s, &pts, &merging, &n) != 0)
-		return -1;
-	for (size_t i = 0; i < n && r == 0; i++)
-		if (merging[i])
-			r = merge_point(s, &pts[i], i ? pts[i - 1].id : 0);
-	free(pts);
-	free(merging);
-	return r;
-}
-
-int
-store_retain(struct store *s, const struct retain_rule *rules,
-    size_t nrules, int64_t now_ms, int *dropped)
-{
-	struct store_point *pts;
-	uint8_t *merging, *keep;
-	int64_t *times;
-	size_t n, m = 0;
-	int r = 0;
-
-	*dropped = 0;
-	if (s->info.state != STORE_NORMAL || nrules == 0)
-		return 0;
-	if (pt_load(s, &pts, &merging, &n) != 0)
-		return -1;
-	times = calloc(n ? n : 1, sizeof(*times));
-	keep = calloc(n ? n : 1, 1);
-	if (times == NULL || keep == NULL) {
-		r = sfail(s, "out of memory");
-		goto out;
-	}
-	/* merging rows are already on their way out */
-	for (size_t i = 0; i < n; i++)
-		if (!merging[i])
-			pts[m++] = pts[i];
-	for (size_t i = 0; i < m; i++)
-		times[i] = pts[i].time_ms;
-	retention_select(times, m, rules, nrules, now_ms, keep);
-	for (size_t i = 0; i < m && r == 0; i++) {
-		if (keep[i] || pts[i].id == s->info.last_point)
-			continue;
-		/* merge into the row before (a dropped one stands for
-		 * the survivor it merged into) */
-		uint64_t prev = i ? pts[i - 1].id : 0;
-
-		r = merge_point(s, &pts[i], prev);
-		if (r == 0) {
-			(*dropped)++;
-			keep[i] = 0;
-			/* later points merge into the last survivor */
-			pts[i].id = prev;
-		}
-	}
-out:
-	free(times);
-	free(keep);
-	free(pts);
-	free(merging);
-	return r;
 }
 
 /* ------------------------------------------------------------------ */

@@ -1,0 +1,67 @@
+/*
+ * store_int.h: what the two halves of the DR store share.  store.c keeps
+ * the store itself (meta, images, block and point records, staging and
+ * applying, repair on open); history.c walks the history (failover,
+ * cancel, commit, retention).  Not for use outside recovery/.
+ */
+#ifndef REPLICAD_STORE_INT_H
+#define REPLICAD_STORE_INT_H
+
+#include <stdarg.h>
+#include <sys/types.h>
+
+#include "store.h"
+#include "kv.h"
+
+#define STORE_MAP	(1ull << 42)	/* address space only */
+#define CHUNK_BYTES	(16u << 20)	/* data handled per transaction */
+#define PV_HDR		34		/* point value header */
+#define RUN_BLOCKS	256		/* before-images read with one pread */
+
+/* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data. */
+#define BR_ZERO 1
+
+struct store {
+	char *dir;
+	MDB_env *env;
+	MDB_dbi meta, points, undo, redo;
+	struct journal *stage;
+	int fds[STORE_MAX_DISKS];
+	char *paths[STORE_MAX_DISKS];
+	struct store_info info;
+	uint64_t rolling;	/* a failover playback is under way */
+	uint32_t cur_disk;	/* initial copy cursor, not yet durable */
+	uint64_t cur_off, cur_base;
+	uint8_t *buf;		/* CHUNK_BYTES + a block */
+	uint8_t *rbuf;		/* before-images being captured */
+	char err[512];
+};
+
+/* store.c */
+int sfail(struct store *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int save_info(struct store *s, MDB_txn *txn);
+int commit_info(struct store *s);
+int sync_disks(struct store *s);
+int pwrite_all(struct store *s, uint32_t disk, uint64_t off,
+    const void *data, size_t len);
+ssize_t read_block(struct store *s, uint32_t disk, uint64_t blk,
+    uint8_t *buf);
+size_t br_prefix(uint8_t *key, const uint8_t *pre, size_t plen,
+    uint32_t disk, uint64_t blk);
+int br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
+    uint32_t disk, uint64_t blk);
+int br_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
+    uint32_t disk, uint64_t blk, const uint8_t *data, size_t len);
+int br_decode(const MDB_val *k, const MDB_val *d, size_t plen,
+    uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len);
+int pt_put(MDB_txn *txn, MDB_dbi dbi, const struct store_point *p,
+    int merging);
+int pt_load(struct store *s, struct store_point **out, uint8_t **merging,
+    size_t *n);
+
+/* history.c */
+int restore_redo(struct store *s);
+int finish_merges(struct store *s);
+
+#endif
