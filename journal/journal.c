@@ -20,13 +20,17 @@
 
 struct journal {
 	MDB_env *env;
-	MDB_dbi log, meta, points;
+	MDB_dbi log, meta, points, dirty;
 	MDB_txn *txn;		/* open write transaction, or NULL */
 	int txn_err;		/* sticky error of the open transaction */
 	uint64_t last_seq;	/* committed */
 	uint64_t next_seq;	/* next to hand out (in the open txn) */
 	uint64_t pend_bytes;	/* data appended in the open txn: the meta */
 	uint64_t pend_cycle;	/* counters are written once, at commit */
+	uint64_t bytes;		/* committed write data held (any thread) */
+	uint64_t dirty_chunks;	/* committed dirty-map bits (any thread) */
+	uint64_t pend_dirty;	/* bits set in the open txn */
+	int dirty_chunks_cleared;	/* the open txn dropped the map */
 	uint8_t *scratch;
 	size_t scratch_len;
 	char err[256];
@@ -84,7 +88,8 @@ journal_open(const char *dir, char *err, size_t errlen)
 	if ((rc = mdb_txn_begin(j->env, NULL, 0, &txn)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "log", MDB_CREATE, &j->log)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &j->meta)) != 0 ||
-	    (rc = mdb_dbi_open(txn, "points", MDB_CREATE, &j->points)) != 0)
+	    (rc = mdb_dbi_open(txn, "points", MDB_CREATE, &j->points)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "dirty", MDB_CREATE, &j->dirty)) != 0)
 		goto fail;
 	if (kv_get_u64(txn, j->meta, JM_EPOCH, &epoch, 0) == MDB_NOTFOUND) {
 		if (getrandom(&epoch, sizeof(epoch), 0) != sizeof(epoch))
@@ -98,7 +103,12 @@ journal_open(const char *dir, char *err, size_t errlen)
 	kv_get_u64(txn, j->meta, JM_APPLIED, &applied, 0);
 	if (applied > j->last_seq)
 		j->last_seq = applied;
+	kv_get_u64(txn, j->meta, JM_SEQ_FLOOR, &applied, 0);
+	if (applied > j->last_seq)
+		j->last_seq = applied;
 	j->next_seq = j->last_seq + 1;
+	kv_get_u64(txn, j->meta, "bytes", &j->bytes, 0);
+	kv_get_u64(txn, j->meta, "dirty_chunks", &j->dirty_chunks, 0);
 	if ((rc = mdb_txn_commit(txn)) != 0) {
 		txn = NULL;
 		goto fail;
@@ -330,17 +340,25 @@ journal_commit(struct journal *j)
 	}
 	if ((j->pend_bytes && (rc = add_bytes(j, "bytes",
 	    (int64_t)j->pend_bytes)) != 0) || (j->pend_cycle &&
-	    (rc = add_bytes(j, "cycle_bytes", (int64_t)j->pend_cycle)) != 0)) {
+	    (rc = add_bytes(j, "cycle_bytes", (int64_t)j->pend_cycle)) != 0) ||
+	    (j->pend_dirty && (rc = add_bytes(j, "dirty_chunks",
+	    (int64_t)j->pend_dirty)) != 0)) {
 		journal_abort(j);
 		return jfail(j, "commit: %s", mdb_strerror(rc));
 	}
-	j->pend_bytes = j->pend_cycle = 0;
 	rc = mdb_txn_commit(j->txn);
 	j->txn = NULL;
 	if (rc != 0) {
 		j->next_seq = j->last_seq + 1;
+		j->pend_bytes = j->pend_cycle = j->pend_dirty = 0;
+		j->dirty_chunks_cleared = 0;
 		return jfail(j, "commit: %s", mdb_strerror(rc));
 	}
+	__atomic_store_n(&j->bytes, j->bytes + j->pend_bytes, __ATOMIC_RELEASE);
+	__atomic_store_n(&j->dirty_chunks, (j->dirty_chunks_cleared ? 0 :
+	    j->dirty_chunks) + j->pend_dirty, __ATOMIC_RELEASE);
+	j->pend_bytes = j->pend_cycle = j->pend_dirty = 0;
+	j->dirty_chunks_cleared = 0;
 	__atomic_store_n(&j->last_seq, j->next_seq - 1, __ATOMIC_RELEASE);
 	return 0;
 }
@@ -352,7 +370,8 @@ journal_abort(struct journal *j)
 		mdb_txn_abort(j->txn);
 	j->txn = NULL;
 	j->next_seq = j->last_seq + 1;
-	j->pend_bytes = j->pend_cycle = 0;
+	j->pend_bytes = j->pend_cycle = j->pend_dirty = 0;
+	j->dirty_chunks_cleared = 0;
 }
 
 int
@@ -407,7 +426,161 @@ journal_first_seq(struct journal *j)
 uint64_t
 journal_bytes(struct journal *j)
 {
-	return journal_get(j, "bytes");
+	return __atomic_load_n(&j->bytes, __ATOMIC_ACQUIRE);
+}
+
+uint64_t
+journal_pending_bytes(struct journal *j)
+{
+	return j->pend_bytes;
+}
+
+int
+journal_reserve(struct journal *j, uint64_t n, uint64_t *first)
+{
+	int rc;
+
+	if (j->txn == NULL || j->txn_err)
+		return jfail(j, "reserve outside a good transaction");
+	*first = j->next_seq;
+	if ((rc = kv_put_u64(j->txn, j->meta, JM_SEQ_FLOOR,
+	    j->next_seq + n - 1)) != 0) {
+		j->txn_err = rc;
+		return jfail(j, "reserve: %s", mdb_strerror(rc));
+	}
+	j->next_seq += n;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the dirty map: key disk(4) record(8), value DIRTY_REC_BITS bits */
+
+#define DIRTY_REC_BITS 4096u
+
+static void
+dirty_key(uint8_t *key, uint32_t disk, uint64_t rec)
+{
+	kv_put32(key, disk);
+	kv_put64(key + 4, rec);
+}
+
+int
+journal_mark_dirty(struct journal *j, uint32_t disk, uint64_t off,
+    uint64_t len)
+{
+	uint64_t c, last;
+
+	if (j->txn == NULL || j->txn_err)
+		return jfail(j, "mark outside a good transaction");
+	if (len == 0)
+		return 0;
+	c = off / JOURNAL_CHUNK;
+	last = (off + len - 1) / JOURNAL_CHUNK;
+	while (c <= last) {
+		uint8_t key[12], rec[DIRTY_REC_BITS / 8];
+		MDB_val k = { sizeof(key), key }, d;
+		uint64_t r = c / DIRTY_REC_BITS;
+		int rc, changed = 0;
+
+		dirty_key(key, disk, r);
+		rc = mdb_get(j->txn, j->dirty, &k, &d);
+		if (rc == 0 && d.mv_size == sizeof(rec))
+			memcpy(rec, d.mv_data, sizeof(rec));
+		else if (rc == 0 || rc == MDB_NOTFOUND)
+			memset(rec, 0, sizeof(rec));
+		else {
+			j->txn_err = rc;
+			return jfail(j, "dirty map: %s", mdb_strerror(rc));
+		}
+		for (; c <= last && c / DIRTY_REC_BITS == r; c++) {
+			uint64_t b = c % DIRTY_REC_BITS;
+
+			if (!(rec[b / 8] & (1u << (b % 8)))) {
+				rec[b / 8] |= (uint8_t)(1u << (b % 8));
+				j->pend_dirty++;
+				changed = 1;
+			}
+		}
+		if (!changed)
+			continue;
+		d.mv_size = sizeof(rec);
+		d.mv_data = rec;
+		if ((rc = mdb_put(j->txn, j->dirty, &k, &d, 0)) != 0) {
+			j->txn_err = rc;
+			return jfail(j, "dirty map: %s", mdb_strerror(rc));
+		}
+	}
+	return 0;
+}
+
+int
+journal_next_dirty(struct journal *j, uint32_t *disk, uint64_t *chunk)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, d;
+	uint8_t key[12];
+	int rc, found = 0;
+
+	if ((rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return jfail(j, "dirty map: %s", mdb_strerror(rc));
+	if ((rc = mdb_cursor_open(txn, j->dirty, &cur)) != 0) {
+		mdb_txn_abort(txn);
+		return jfail(j, "dirty map: %s", mdb_strerror(rc));
+	}
+	dirty_key(key, *disk, *chunk / DIRTY_REC_BITS);
+	k.mv_size = sizeof(key);
+	k.mv_data = key;
+	for (rc = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE); rc == 0 && !found;
+	    rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT)) {
+		const uint8_t *p = k.mv_data, *bits = d.mv_data;
+		uint32_t kd;
+		uint64_t base, from = 0;
+
+		if (k.mv_size != 12 || d.mv_size != DIRTY_REC_BITS / 8)
+			continue;
+		kd = kv_get32(p);
+		base = kv_get64(p + 4) * DIRTY_REC_BITS;
+		if (kd == *disk && base + DIRTY_REC_BITS > *chunk &&
+		    *chunk > base)
+			from = *chunk - base;
+		for (uint64_t b = from; b < DIRTY_REC_BITS; b++)
+			if (bits[b / 8] & (1u << (b % 8))) {
+				*disk = kd;
+				*chunk = base + b;
+				found = 1;
+				break;
+			}
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	if (!found && rc != 0 && rc != MDB_NOTFOUND)
+		return jfail(j, "dirty map: %s", mdb_strerror(rc));
+	return found;
+}
+
+uint64_t
+journal_dirty_chunks(struct journal *j)
+{
+	return __atomic_load_n(&j->dirty_chunks, __ATOMIC_ACQUIRE);
+}
+
+int
+journal_clear_dirty(struct journal *j)
+{
+	int rc;
+
+	if (j->txn == NULL || j->txn_err)
+		return jfail(j, "clear outside a good transaction");
+	if ((rc = mdb_drop(j->txn, j->dirty, 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, "dirty_chunks", 0)) != 0) {
+		j->txn_err = rc;
+		return jfail(j, "dirty map: %s", mdb_strerror(rc));
+	}
+	/* the commit adds the bits set in this txn to the zero just put */
+	j->pend_dirty = 0;
+	j->dirty_chunks_cleared = 1;
+	return 0;
 }
 
 /* Decode one log record; write data is made contiguous in j->scratch. */
@@ -622,6 +795,8 @@ journal_trim(struct journal *j, uint64_t upto)
 	}
 	if (journal_commit(j) != 0)
 		return -1;
+	__atomic_store_n(&j->bytes, j->bytes > freed ? j->bytes - freed : 0,
+	    __ATOMIC_RELEASE);
 	return n;
 }
 
@@ -634,6 +809,12 @@ journal_reset(struct journal *j)
 		return -1;
 	if ((rc = mdb_drop(j->txn, j->log, 0)) != 0 ||
 	    (rc = mdb_drop(j->txn, j->points, 0)) != 0 ||
+	    (rc = mdb_drop(j->txn, j->dirty, 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, "dirty_chunks", 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, JM_OVERFLOW, 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, JM_CATCHUP_BASE, 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, JM_CATCHUP_END, 0)) != 0 ||
+	    (rc = kv_put_u64(j->txn, j->meta, JM_SEQ_FLOOR, 0)) != 0 ||
 	    (rc = kv_put_u64(j->txn, j->meta, JM_APPLIED, 0)) != 0 ||
 	    (rc = kv_put_u64(j->txn, j->meta, "bytes", 0)) != 0 ||
 	    (rc = kv_put_u64(j->txn, j->meta, "cycle_bytes", 0)) != 0 ||
@@ -641,7 +822,11 @@ journal_reset(struct journal *j)
 		journal_abort(j);
 		return jfail(j, "reset: %s", mdb_strerror(rc));
 	}
+	j->pend_bytes = j->pend_cycle = j->pend_dirty = 0;
+	j->dirty_chunks_cleared = 0;
 	__atomic_store_n(&j->last_seq, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&j->bytes, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&j->dirty_chunks, 0, __ATOMIC_RELEASE);
 	j->next_seq = 1;
 	if ((rc = mdb_txn_commit(j->txn)) != 0) {
 		j->txn = NULL;

@@ -61,6 +61,13 @@ struct jentry {
 #define JM_SYNC_BASE	"sync_base"	/* seq the running initial copy follows */
 #define JM_LAST_POINT	"last_point"	/* id of the newest point cut */
 #define JM_ACKED_POINT	"acked_point"	/* newest point durable on DR */
+#define JM_SEQ_FLOOR	"seq_floor"	/* highest seq handed out (reserve) */
+#define JM_OVERFLOW	"overflow"	/* 1: over quota, writes go to the map */
+#define JM_CATCHUP_BASE	"catchup_base"	/* seq of chunk 0 of a catch-up */
+#define JM_CATCHUP_END	"catchup_end"	/* last seq a catch-up reserved */
+
+/* Granularity of the dirty map (and of catch-up entries). */
+#define JOURNAL_CHUNK JOURNAL_MAX_ENTRY
 
 /* Open or create the journal in directory DIR. */
 struct journal *journal_open(const char *dir, char *err, size_t errlen);
@@ -89,8 +96,27 @@ uint64_t journal_get(struct journal *j, const char *key);
 uint64_t journal_last_seq(struct journal *j);
 /* Lowest sequence still held, 0 for none. */
 uint64_t journal_first_seq(struct journal *j);
-/* Bytes of write data held. */
+/* Bytes of write data held (committed; any thread). */
 uint64_t journal_bytes(struct journal *j);
+/* Bytes of write data appended in the open transaction. */
+uint64_t journal_pending_bytes(struct journal *j);
+/* In the open transaction: hand out N sequence numbers without entries
+ * (a catch-up's chunks); *first gets the first of them. */
+int journal_reserve(struct journal *j, uint64_t n, uint64_t *first);
+
+/*
+ * The dirty map: which JOURNAL_CHUNK-sized chunks of which disks changed
+ * while the journal was over its quota.  Marks and clears go in the open
+ * transaction (so a mark is durable with the writes it covers);
+ * journal_next_dirty() and journal_dirty_chunks() may run on any thread.
+ */
+int journal_mark_dirty(struct journal *j, uint32_t disk, uint64_t off,
+    uint64_t len);
+/* The first dirty chunk at or after (*disk, *chunk): 1 found (and set),
+ * 0 none, -1 error. */
+int journal_next_dirty(struct journal *j, uint32_t *disk, uint64_t *chunk);
+uint64_t journal_dirty_chunks(struct journal *j);
+int journal_clear_dirty(struct journal *j);
 
 /*
  * Call fn for each committed entry with seq >= from, in order, until fn

@@ -72,6 +72,7 @@ struct ship_pub {
 	enum ship_phase phase;
 	uint64_t sync_done, sync_total;
 	uint64_t bytes_shipped;
+	uint64_t catchup_done, catchup_total;
 	char refused[256];
 	char link[320];
 };
@@ -82,6 +83,8 @@ enum smsg_type {
 	SM_SYNC_DONE,		/* the copy is sent: cut its point */
 	SM_SYNCED,		/* the replica is in step with this journal */
 	SM_ACK,			/* a = seq, b = point durable on the DR site */
+	SM_CATCHUP_READY,	/* over quota, and the journal is all sent */
+	SM_CATCHUP_SENT,	/* a = base: every chunk of that catch-up sent */
 };
 
 struct smsg {
@@ -111,6 +114,28 @@ struct pvm {
 	size_t nops, capops;
 	int need_sync;
 	uint64_t written_seq;	/* entries up to here are in the images */
+	/*
+	 * Journal quota (vm.c).  Over journal_max, writes go to the image
+	 * and the journal's dirty map instead of the journal (overflow).
+	 * Once the journal is sent, a catch-up reserves one sequence number
+	 * per chunk of the disks ([cu_base, cu_end]); the shipper sends the
+	 * dirty chunks under those numbers, then the journal after them, and
+	 * the point cut after the last chunk is consistent.  overflow,
+	 * cu_base and cu_end are written by the main thread and read by the
+	 * shipper (atomics).
+	 */
+	uint64_t quota;
+	int overflow;
+	uint64_t cu_base, cu_end;
+	int cu_wanted;		/* main: the shipper asked for a catch-up */
+	int cu_sent;		/* main: every chunk of cu_base was sent */
+	int img_unsynced;	/* main: image writes outside the journal */
+	uint64_t chunk_base[MAX_DISKS];	/* first global chunk of a disk */
+	uint64_t nchunks;
+	int cu_requested;	/* shipper: asked for this overflow */
+	uint64_t cu_posted;	/* shipper: cu_base whose end was posted */
+	uint64_t cu_seen;	/* shipper: cu_base the counters are for */
+	uint64_t cu_done, cu_total;	/* shipper: bytes */
 
 	/* shipping: owned by the shipper thread */
 	enum ship_phase phase;

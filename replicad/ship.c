@@ -37,6 +37,8 @@ publish(struct pvm *vm)
 	vm->pub.sync_done = vm->sync_done;
 	vm->pub.sync_total = vm->sync_total;
 	vm->pub.bytes_shipped = vm->bytes_shipped;
+	vm->pub.catchup_done = vm->cu_done;
+	vm->pub.catchup_total = vm->cu_total;
 	snprintf(vm->pub.refused, sizeof(vm->pub.refused), "%s", vm->refused);
 	snprintf(vm->pub.link, sizeof(vm->pub.link), "%s",
 	    vm->link ? link_state(vm->link) : "none");
@@ -184,9 +186,12 @@ on_state(struct link *l, struct pvm *vm, const Replication__VmState *st)
 	uint64_t first = journal_first_seq(vm->j);
 	uint64_t last = journal_last_seq(vm->j);
 	uint64_t next = st->applied_seq + 1;
+	uint64_t cb = __atomic_load_n(&vm->cu_base, __ATOMIC_ACQUIRE);
+	uint64_t ce = __atomic_load_n(&vm->cu_end, __ATOMIC_ACQUIRE);
 
 	(void)l;
 	vm->refused[0] = '\0';
+	vm->cu_requested = 0;
 	if (st->need_full && st->resume && st->epoch == epoch &&
 	    st->resume_disk < vm->ndisks &&
 	    st->resume_offset <= vm->disks[st->resume_disk].size &&
@@ -198,7 +203,8 @@ on_state(struct link *l, struct pvm *vm, const Replication__VmState *st)
 		start_sync(vm, st->epoch ? "different lineage" : "new replica");
 	else if (st->applied_seq > last)
 		start_sync(vm, "replica is ahead of this journal");
-	else if (next <= last && (first == 0 || first > next))
+	else if (!(cb && next >= cb && next <= ce + 1) && next <= last &&
+	    (first == 0 || first > next))
 		start_sync(vm, "journal no longer holds what the replica "
 		    "lacks");
 	else {
@@ -403,6 +409,7 @@ struct batch {
 	struct jentry point;
 	int have_point;
 	int oom;
+	uint64_t stop;		/* a catch-up's first seq: stop there */
 };
 
 static int
@@ -410,6 +417,8 @@ collect(const struct jentry *e, void *arg)
 {
 	struct batch *b = arg;
 
+	if (b->stop && e->seq >= b->stop)
+		return 1;
 	if (e->type == JE_POINT) {
 		b->point = *e;
 		b->have_point = 1;
@@ -456,13 +465,15 @@ collect(const struct jentry *e, void *arg)
 }
 
 static int
-stream_step(struct pvm *vm)
+stream_step(struct pvm *vm, uint64_t cb)
 {
 	struct batch b;
+	uint64_t last = journal_last_seq(vm->j);
 	int r = 0;
 
 	memset(&b, 0, sizeof(b));
 	b.vm = vm;
+	b.stop = cb > vm->send_seq ? cb : 0;
 	if (journal_read(vm->j, vm->send_seq, SHIP_BATCH, collect, &b) < 0) {
 		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 		r = -1;
@@ -513,11 +524,141 @@ stream_step(struct pvm *vm)
 			goto out;
 		vm->send_seq = b.point.seq + 1;
 	}
+	if (b.n == 0 && !b.have_point)
+		/* nothing up to a catch-up's chunks, or up to what was
+		 * last: sequence numbers reserved without entries */
+		vm->send_seq = b.stop ? b.stop : last + 1;
 out:
 	free(b.ents);
 	free(b.entp);
 	free(b.data);
 	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* catch-up: the chunks the dirty map names, under reserved seqs */
+
+static void
+catchup_progress(struct pvm *vm, uint64_t cb, uint64_t bytes)
+{
+	if (vm->cu_seen != cb) {
+		vm->cu_seen = cb;
+		vm->cu_done = 0;
+		vm->cu_total = journal_dirty_chunks(vm->j) * JOURNAL_CHUNK;
+	}
+	if (vm->cu_total >= (64u << 20) && (vm->cu_done + bytes) * 10 /
+	    vm->cu_total != vm->cu_done * 10 / vm->cu_total)
+		log_info("vm %s: catch-up %llu%% (%llu of %llu MiB)",
+		    vm->cfg->name, (unsigned long long)((vm->cu_done + bytes) *
+		    100 / vm->cu_total), (unsigned long long)((vm->cu_done +
+		    bytes) >> 20), (unsigned long long)(vm->cu_total >> 20));
+	vm->cu_done += bytes;
+}
+
+static int
+catchup_step(struct pvm *vm, uint64_t cb, uint64_t ce)
+{
+	static uint8_t buf[SHIP_BATCH];
+	Replication__Msg m = REPLICATION__MSG__INIT;
+	Replication__Writes w = REPLICATION__WRITES__INIT;
+	Replication__Entry ents[SHIP_BATCH / JOURNAL_CHUNK];
+	Replication__Entry *entp[SHIP_BATCH / JOURNAL_CHUNK];
+	uint64_t g = vm->send_seq - cb, chunk, bytes = 0;
+	uint32_t d = 0;
+	size_t n = 0, used = 0;
+	int done = 0, r;
+
+	while (d + 1 < vm->ndisks && vm->chunk_base[d + 1] <= g)
+		d++;
+	chunk = g - vm->chunk_base[d];
+	while (n < SHIP_BATCH / JOURNAL_CHUNK) {
+		struct pdisk *pd;
+		uint64_t off;
+		size_t len;
+
+		if ((r = journal_next_dirty(vm->j, &d, &chunk)) < 0) {
+			log_warnx("vm %s: %s", vm->cfg->name,
+			    journal_error(vm->j));
+			return -1;
+		}
+		if (r == 0 || d >= vm->ndisks) {
+			done = 1;
+			break;
+		}
+		pd = &vm->disks[d];
+		off = chunk * JOURNAL_CHUNK;
+		if (off >= pd->size) {	/* a mark past the end: none */
+			d++;
+			chunk = 0;
+			continue;
+		}
+		len = pd->size - off < JOURNAL_CHUNK ?
+		    (size_t)(pd->size - off) : JOURNAL_CHUNK;
+		if (pread_full(pd->fd, buf + used, len, off) != 0) {
+			log_warn("vm %s: read %s", vm->cfg->name, pd->export);
+			return -1;
+		}
+		replication__entry__init(&ents[n]);
+		ents[n].seq = cb + vm->chunk_base[d] + chunk;
+		ents[n].disk = d;
+		ents[n].offset = off;
+		ents[n].length = (uint32_t)len;
+		if (all_zero(buf + used, len))
+			ents[n].zero = 1;	/* the replica's data goes */
+		else {
+			ents[n].data.data = buf + used;
+			ents[n].data.len = len;
+			used += len;
+		}
+		entp[n] = &ents[n];
+		n++;
+		bytes += len;
+		chunk++;
+	}
+	if (n > 0) {
+		w.vm = (char *)vm->cfg->name;
+		w.n_entries = n;
+		w.entries = entp;
+		m.body_case = REPLICATION__MSG__BODY_WRITES;
+		m.writes = &w;
+		if (link_send(vm->link, &m, compress_of(vm)) != 0)
+			return -1;
+		vm->send_seq = ents[n - 1].seq + 1;
+		vm->bytes_shipped += used;
+	}
+	if (done)
+		vm->send_seq = ce + 1;
+	catchup_progress(vm, cb, bytes);
+	publish(vm);
+	return 0;
+}
+
+/*
+ * One step of a streaming VM: the journal up to a catch-up, its chunks,
+ * the journal after them.  Returns 1 if it sent or moved, 0 if there is
+ * nothing to send, -1 on error.
+ */
+static int
+stream_next(struct pvm *vm)
+{
+	uint64_t cb = __atomic_load_n(&vm->cu_base, __ATOMIC_ACQUIRE);
+	uint64_t ce = __atomic_load_n(&vm->cu_end, __ATOMIC_ACQUIRE);
+
+	if (cb && vm->send_seq > ce && vm->cu_posted != cb) {
+		vm->cu_posted = cb;
+		post_main(vm->d, vm, SM_CATCHUP_SENT, cb, 0);
+	}
+	if (cb && vm->send_seq >= cb && vm->send_seq <= ce)
+		return catchup_step(vm, cb, ce) ? -1 : 1;
+	if (vm->send_seq <= journal_last_seq(vm->j))
+		return stream_step(vm, cb) ? -1 : 1;
+	if (!__atomic_load_n(&vm->overflow, __ATOMIC_ACQUIRE))
+		vm->cu_requested = 0;
+	else if (!vm->cu_requested) {
+		vm->cu_requested = 1;
+		post_main(vm->d, vm, SM_CATCHUP_READY, 0, 0);
+	}
+	return 0;
 }
 
 /* Fill the link's send window from its VMs, round robin. */
@@ -540,11 +681,13 @@ ship_pump(struct link *l)
 				if (sync_step(vm) != 0)
 					return;
 				progress = 1;
-			} else if (vm->phase == SHIP_STREAMING &&
-			    vm->send_seq <= journal_last_seq(vm->j)) {
-				if (stream_step(vm) != 0)
+			} else if (vm->phase == SHIP_STREAMING) {
+				int r = stream_next(vm);
+
+				if (r < 0)
 					return;
-				progress = 1;
+				if (r > 0)
+					progress = 1;
 			}
 		}
 	}

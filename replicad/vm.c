@@ -22,6 +22,7 @@
 #include "nbd.h"
 
 static void vm_commit(struct pvm *vm);
+static int enter_overflow(struct pvm *vm);
 
 /* ------------------------------------------------------------------ */
 /* images */
@@ -157,6 +158,28 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 		    journal_error(vm->j));
 		return -1;
 	}
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		vm->chunk_base[i] = vm->nchunks;
+		vm->nchunks += (vm->disks[i].size + JOURNAL_CHUNK - 1) /
+		    JOURNAL_CHUNK;
+	}
+	if (cfg->journal_max)
+		vm->quota = cfg->journal_max;
+	else {
+		for (size_t i = 0; i < vm->ndisks; i++)
+			vm->quota += vm->disks[i].size;
+		vm->quota = vm->quota / 100 * cfg->journal_max_pct;
+	}
+	if (vm->quota < 2 * JOURNAL_CHUNK)
+		vm->quota = 2 * JOURNAL_CHUNK;
+	vm->overflow = journal_get(vm->j, JM_OVERFLOW) != 0;
+	vm->cu_base = journal_get(vm->j, JM_CATCHUP_BASE);
+	vm->cu_end = journal_get(vm->j, JM_CATCHUP_END);
+	if (vm->overflow || vm->cu_base)
+		log_warnx("vm %s: %llu KiB of the disks changed outside the "
+		    "journal wait for %s", cfg->name, (unsigned long long)
+		    (journal_dirty_chunks(vm->j) * JOURNAL_CHUNK >> 10),
+		    vm->overflow ? "a catch-up" : "the catch-up to finish");
 	vm->acked_seq = journal_get(vm->j, JM_ACKED);
 	vm->acked_point = journal_get(vm->j, JM_ACKED_POINT);
 	vm->next_point_ms = now_ms() + (int64_t)cfg->interval_ms;
@@ -302,6 +325,13 @@ vm_commit(struct pvm *vm)
 		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 		err = EIO;
 	}
+	/* writes tracked by the dirty map are durable in the image only */
+	if (!err && vm->need_sync && vm->img_unsynced) {
+		if (img_sync(vm) != 0)
+			err = EIO;
+		else
+			vm->img_unsynced = 0;
+	}
 	vm->need_sync = 0;
 	vm->nops = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -311,6 +341,97 @@ vm_commit(struct pvm *vm)
 	}
 	if (!err && vm->link)
 		link_wake(vm->link);
+}
+
+/* ------------------------------------------------------------------ */
+/* journal quota: the dirty map and the catch-up */
+
+/*
+ * The journal is full: from now on writes go to the images, and the dirty
+ * map records which chunks they touched.  What the journal holds stays and
+ * is shipped first.  The images are synced and marked applied first, so
+ * that a replay after a crash never lays older journal data over writes
+ * the map tracks.
+ */
+static int
+enter_overflow(struct pvm *vm)
+{
+	if (vm->nops)
+		vm_commit(vm);
+	if (img_sync(vm) != 0)
+		return -1;
+	if (journal_begin(vm->j) != 0 ||
+	    journal_set(vm->j, JM_APPLIED, vm->written_seq) != 0 ||
+	    journal_set(vm->j, JM_OVERFLOW, 1) != 0)
+		return -1;
+	__atomic_store_n(&vm->overflow, 1, __ATOMIC_RELEASE);
+	log_warnx("vm %s: the journal holds %llu bytes, its quota "
+	    "(journal_max %llu): changes are tracked in a dirty map until "
+	    "%s has the journal, then sent as a catch-up; points wait for it",
+	    vm->cfg->name, (unsigned long long)journal_bytes(vm->j),
+	    (unsigned long long)vm->quota, vm->cfg->replicate_to);
+	return 0;
+}
+
+/*
+ * Start the catch-up once the shipper has sent the journal and the DR
+ * site has taken enough of it that the journal has room again: reserve a
+ * sequence number per chunk, and go back to journaling.
+ */
+static void
+maybe_start_catchup(struct pvm *vm)
+{
+	uint64_t first;
+
+	if (!vm->overflow || !vm->cu_wanted ||
+	    journal_bytes(vm->j) > vm->quota / 2)
+		return;
+	if (vm->nops)
+		vm_commit(vm);
+	if (journal_begin(vm->j) != 0 ||
+	    journal_reserve(vm->j, vm->nchunks, &first) != 0 ||
+	    journal_set(vm->j, JM_OVERFLOW, 0) != 0 ||
+	    journal_set(vm->j, JM_CATCHUP_BASE, first) != 0 ||
+	    journal_set(vm->j, JM_CATCHUP_END, first + vm->nchunks - 1) != 0 ||
+	    journal_commit(vm->j) != 0 || journal_sync(vm->j) != 0) {
+		log_warnx("vm %s: catch-up: %s", vm->cfg->name,
+		    journal_error(vm->j));
+		journal_abort(vm->j);
+		return;
+	}
+	vm->written_seq = journal_last_seq(vm->j);
+	vm->cu_wanted = 0;
+	vm->cu_sent = 0;
+	__atomic_store_n(&vm->cu_end, first + vm->nchunks - 1,
+	    __ATOMIC_RELEASE);
+	__atomic_store_n(&vm->cu_base, first, __ATOMIC_RELEASE);
+	__atomic_store_n(&vm->overflow, 0, __ATOMIC_RELEASE);
+	log_info("vm %s: catch-up of %llu KiB to %s begins; writes are "
+	    "journaled again", vm->cfg->name, (unsigned long long)
+	    (journal_dirty_chunks(vm->j) * JOURNAL_CHUNK >> 10),
+	    vm->cfg->replicate_to);
+	if (vm->link)
+		link_wake(vm->link);
+}
+
+/* The DR site holds every chunk: the map has done its work. */
+static void
+maybe_end_catchup(struct pvm *vm)
+{
+	if (!vm->cu_base || vm->overflow || !vm->cu_sent ||
+	    vm->acked_seq < vm->cu_end || vm->nops)
+		return;
+	if (journal_begin(vm->j) != 0 || journal_clear_dirty(vm->j) != 0 ||
+	    journal_set(vm->j, JM_CATCHUP_BASE, 0) != 0 ||
+	    journal_set(vm->j, JM_CATCHUP_END, 0) != 0 ||
+	    journal_commit(vm->j) != 0) {
+		log_warnx("vm %s: catch-up: %s", vm->cfg->name,
+		    journal_error(vm->j));
+		journal_abort(vm->j);
+		return;
+	}
+	__atomic_store_n(&vm->cu_base, 0, __ATOMIC_RELEASE);
+	log_info("vm %s: catch-up complete", vm->cfg->name);
 }
 
 /* ------------------------------------------------------------------ */
@@ -369,7 +490,22 @@ be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
 	}
 	if (journal_begin(vm->j) != 0)
 		goto fail;
-	if (data) {
+	if (!vm->overflow && data && journal_bytes(vm->j) +
+	    journal_pending_bytes(vm->j) + len > vm->quota &&
+	    enter_overflow(vm) != 0)
+		goto fail;
+	if (vm->overflow) {
+		/* over quota: the image takes it, the map remembers where */
+		if (data && (op.data = malloc(len ? len : 1)) == NULL) {
+			nbd_complete(req, ENOMEM);
+			return;
+		}
+		if (data)
+			memcpy(op.data, data, len);
+		if (journal_mark_dirty(vm->j, pd->idx, off, len) != 0)
+			goto fail;
+		vm->img_unsynced = 1;
+	} else if (data) {
 		if ((op.data = malloc(len ? len : 1)) == NULL) {
 			nbd_complete(req, ENOMEM);
 			return;
@@ -440,6 +576,26 @@ vm_cut_point(struct pvm *vm, enum point_kind kind, const char *label,
 		    vm->cfg->name, (unsigned long long)vm->pub.sync_done,
 		    (unsigned long long)vm->pub.sync_total);
 		pthread_mutex_unlock(&vm->d->mu);
+		return 0;
+	}
+	if (vm->overflow || (vm->cu_base && !vm->cu_sent)) {
+		/* the changes since the last point are not all journaled:
+		 * the catch-up ends with a point */
+		vm->point_deferred = 1;
+		if (label && label[0])
+			snprintf(vm->deferred_label,
+			    sizeof(vm->deferred_label), "%s", label);
+		if (vm->overflow)
+			snprintf(err, errlen, "the journal of %s is over its "
+			    "quota (journal_max %llu bytes) and changes are "
+			    "tracked in a dirty map; a point is cut when the "
+			    "catch-up to %s is sent", vm->cfg->name,
+			    (unsigned long long)vm->quota,
+			    vm->cfg->replicate_to);
+		else
+			snprintf(err, errlen, "%s is catching up with %s; a "
+			    "point is cut when it is sent", vm->cfg->name,
+			    vm->cfg->replicate_to);
 		return 0;
 	}
 	if (journal_begin(vm->j) != 0 ||
@@ -522,6 +678,23 @@ vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a, uint64_t b)
 		break;
 	case SM_ACK:
 		vm_acked(vm, a, b);
+		maybe_end_catchup(vm);
+		break;
+	case SM_CATCHUP_READY:
+		vm->cu_wanted = 1;
+		maybe_start_catchup(vm);
+		break;
+	case SM_CATCHUP_SENT:
+		if (a != vm->cu_base || vm->cu_sent)
+			break;
+		vm->cu_sent = 1;
+		log_info("vm %s: catch-up sent", vm->cfg->name);
+		if (vm->overflow)
+			break;
+		vm->point_deferred = 0;
+		vm_cut_point(vm, POINT_CRASH, vm->deferred_label[0] ?
+		    vm->deferred_label : "catch-up", NULL, err, sizeof(err));
+		vm->deferred_label[0] = '\0';
 		break;
 	}
 }
@@ -571,6 +744,8 @@ vm_tick(struct pvm *vm, int64_t now)
 		if (vm->acked_point > 1000)
 			journal_forget_points(vm->j, vm->acked_point - 1000);
 	}
+	maybe_start_catchup(vm);
+	maybe_end_catchup(vm);
 }
 
 /* ------------------------------------------------------------------ */
@@ -619,8 +794,13 @@ vm_status_json(struct pvm *vm, int64_t now)
 	else if (pub.phase != SHIP_STREAMING || (lag > 2.0 *
 	    (double)vm->cfg->interval_ms / 1000.0))
 		health = "warning";
+	if ((vm->overflow || (vm->cu_base && !vm->cu_sent)) &&
+	    strcmp(health, "normal") == 0)
+		health = "warning";
 	o = json_pack("{s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:s,s:s,s:I,s:I,s:I}",
 	    "name", vm->cfg->name, "role", "primary", "state",
+	    vm->overflow ? "journal-full" : vm->cu_base && !vm->cu_sent &&
+	    pub.phase == SHIP_STREAMING ? "catching-up" :
 	    phase_name(pub.phase), "health", health, "lag_seconds", lag,
 	    "last_point", (json_int_t)vm->acked_point,
 	    "journal_bytes", (json_int_t)journal_bytes(vm->j),
@@ -634,6 +814,16 @@ vm_status_json(struct pvm *vm, int64_t now)
 		    "total", (json_int_t)pub.sync_total, "percent",
 		    pub.sync_total ? 100.0 * (double)pub.sync_done /
 		    (double)pub.sync_total : 100.0));
+	json_object_set_new(o, "journal_max", json_integer((json_int_t)
+	    vm->quota));
+	json_object_set_new(o, "dirty_bytes", json_integer((json_int_t)
+	    (journal_dirty_chunks(vm->j) * JOURNAL_CHUNK)));
+	if (vm->cu_base && !vm->cu_sent)
+		json_object_set_new(o, "catch_up", json_pack("{s:I,s:I,s:f}",
+		    "done", (json_int_t)pub.catchup_done, "total",
+		    (json_int_t)pub.catchup_total, "percent",
+		    pub.catchup_total ? 100.0 * (double)pub.catchup_done /
+		    (double)pub.catchup_total : 0.0));
 	if (pub.refused[0])
 		json_object_set_new(o, "error", json_string(pub.refused));
 	return o;

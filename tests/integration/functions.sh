@@ -104,7 +104,8 @@ EOC
 	die "sshd did not start"
 }
 
-# write_configs [INTERVAL] [KEEP]
+# write_configs [INTERVAL] [KEEP]; JOURNAL_MAX (default 1G, so that tests
+# of the journal path stay on it) sets site-a's journal quota
 write_configs() {
 	local interval=${1:-1h} keep=${2:-1h:all}
 	mkdir -p "$T/a" "$T/b"
@@ -128,6 +129,7 @@ replicate_to = site-b
 interval = $interval
 keep = $keep
 compress = zstd
+journal_max = ${JOURNAL_MAX:-1G}
 EOC
 	cat >"$T/b.conf" <<EOC
 [site]

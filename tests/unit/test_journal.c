@@ -967,6 +967,383 @@ test_txn_misuse(void **state)
 	assert_int_equal(journal_last_seq(f->j), 1);
 }
 
+/* ------------------------------------------------------------------ */
+/* the dirty map */
+
+#define CHUNK_5G ((5ull << 30) / JOURNAL_CHUNK)	/* 81920 */
+
+struct dpos {
+	uint32_t disk;
+	uint64_t chunk;
+};
+
+/* Every dirty chunk from (0, 0), stepping one chunk past each find. */
+static size_t
+walk_dirty(struct journal *j, struct dpos *out, size_t max)
+{
+	uint32_t disk = 0;
+	uint64_t chunk = 0;
+	size_t n = 0;
+	int rc;
+
+	while ((rc = journal_next_dirty(j, &disk, &chunk)) == 1) {
+		assert_true(n < max);
+		out[n].disk = disk;
+		out[n].chunk = chunk;
+		n++;
+		chunk++;
+	}
+	if (rc != 0)
+		fail_msg("journal_next_dirty: %s", journal_error(j));
+	return n;
+}
+
+/* A single journal_next_dirty from (disk, chunk); returns its result. */
+static int
+next_from(struct journal *j, uint32_t disk, uint64_t chunk, uint32_t *od,
+    uint64_t *oc)
+{
+	int rc;
+
+	*od = disk;
+	*oc = chunk;
+	rc = journal_next_dirty(j, od, oc);
+	if (rc < 0)
+		fail_msg("journal_next_dirty: %s", journal_error(j));
+	return rc;
+}
+
+static void
+mark3(struct journal *j)
+{
+	assert_int_equal(journal_mark_dirty(j, 0, 100, 1), 0);
+	/* the last byte of chunk 2 and the first of chunk 3 */
+	assert_int_equal(journal_mark_dirty(j, 0, 3 * JOURNAL_CHUNK - 1, 2),
+	    0);
+	assert_int_equal(journal_mark_dirty(j, 1, 5ull << 30, JOURNAL_CHUNK),
+	    0);
+}
+
+/* The walk of the map mark3() makes. */
+static void
+check_mark3(struct journal *j)
+{
+	static const struct dpos want[] = { { 0, 0 }, { 0, 2 }, { 0, 3 },
+	    { 1, CHUNK_5G } };
+	struct dpos got[16];
+	size_t n = walk_dirty(j, got, 16);
+	uint32_t d;
+	uint64_t c;
+
+	assert_int_equal(journal_dirty_chunks(j), 4);
+	assert_int_equal(n, 4);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(got[i].disk, want[i].disk);
+		assert_int_equal(got[i].chunk, want[i].chunk);
+	}
+	assert_int_equal(next_from(j, 0, 1, &d, &c), 1);
+	assert_int_equal(d, 0);
+	assert_int_equal(c, 2);
+	assert_int_equal(next_from(j, 0, 4, &d, &c), 1);
+	assert_int_equal(d, 1);
+	assert_int_equal(c, CHUNK_5G);
+	/* a chunk in a later record of disk 0 than any it has */
+	assert_int_equal(next_from(j, 0, 4096 * 3 + 7, &d, &c), 1);
+	assert_int_equal(d, 1);
+	assert_int_equal(c, CHUNK_5G);
+	assert_int_equal(next_from(j, 1, 0, &d, &c), 1);
+	assert_int_equal(d, 1);
+	assert_int_equal(c, CHUNK_5G);
+	assert_int_equal(next_from(j, 1, CHUNK_5G + 1, &d, &c), 0);
+	assert_int_equal(next_from(j, 2, 0, &d, &c), 0);
+}
+
+static void
+test_dirty_mark(void **state)
+{
+	struct fx *f = *state;
+	uint32_t d;
+	uint64_t c;
+
+	assert_int_equal(journal_dirty_chunks(f->j), 0);
+	assert_int_equal(next_from(f->j, 0, 0, &d, &c), 0);
+	assert_int_equal(journal_begin(f->j), 0);
+	mark3(f->j);
+	assert_int_equal(journal_mark_dirty(f->j, 0, 12345, 0), 0); /* none */
+	/* nothing is counted before the commit */
+	assert_int_equal(journal_dirty_chunks(f->j), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+	check_mark3(f->j);
+
+	/* the same ranges again set no new bits */
+	assert_int_equal(journal_begin(f->j), 0);
+	mark3(f->j);
+	assert_int_equal(journal_mark_dirty(f->j, 0, 2 * JOURNAL_CHUNK,
+	    2 * JOURNAL_CHUNK), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+	check_mark3(f->j);
+
+	/* marks need a transaction */
+	assert_int_equal(journal_mark_dirty(f->j, 0, 0, 1), -1);
+	assert_true(strlen(journal_error(f->j)) > 0);
+	assert_int_equal(journal_clear_dirty(f->j), -1);
+	check_mark3(f->j);
+}
+
+static void
+test_dirty_persist_abort(void **state)
+{
+	struct fx *f = *state;
+
+	assert_int_equal(journal_begin(f->j), 0);
+	mark3(f->j);
+	assert_int_equal(journal_commit(f->j), 0);
+	check_mark3(f->j);
+	reopen(f);
+	check_mark3(f->j);
+
+	/* an aborted transaction's marks are not kept */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_mark_dirty(f->j, 0, 10 * JOURNAL_CHUNK,
+	    3 * JOURNAL_CHUNK), 0);
+	assert_int_equal(journal_mark_dirty(f->j, 7, 0, 1), 0);
+	journal_abort(f->j);
+	check_mark3(f->j);
+	/* nor is an aborted clear */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_clear_dirty(f->j), 0);
+	journal_abort(f->j);
+	check_mark3(f->j);
+	/* and a later commit does not pick any of them up */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_set(f->j, JM_ACKED, 1), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+	check_mark3(f->j);
+	reopen(f);
+	check_mark3(f->j);
+}
+
+static void
+test_dirty_clear(void **state)
+{
+	struct fx *f = *state;
+	struct dpos got[16];
+	uint32_t d;
+	uint64_t c;
+
+	assert_int_equal(journal_begin(f->j), 0);
+	mark3(f->j);
+	assert_int_equal(journal_commit(f->j), 0);
+	check_mark3(f->j);
+
+	/* clear, then mark in the same transaction (one already set before
+	 * the clear: it must count again) */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_mark_dirty(f->j, 0, 8 * JOURNAL_CHUNK, 1),
+	    0);
+	assert_int_equal(journal_clear_dirty(f->j), 0);
+	assert_int_equal(journal_mark_dirty(f->j, 0, 2 * JOURNAL_CHUNK + 5,
+	    10), 0);
+	assert_int_equal(journal_dirty_chunks(f->j), 4);	/* not yet */
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_dirty_chunks(f->j), 1);
+	assert_int_equal(walk_dirty(f->j, got, 16), 1);
+	assert_int_equal(got[0].disk, 0);
+	assert_int_equal(got[0].chunk, 2);
+	assert_int_equal(next_from(f->j, 0, 3, &d, &c), 0);
+	reopen(f);
+	assert_int_equal(journal_dirty_chunks(f->j), 1);
+	assert_int_equal(walk_dirty(f->j, got, 16), 1);
+	assert_int_equal(got[0].disk, 0);
+	assert_int_equal(got[0].chunk, 2);
+
+	/* a clear alone empties it, also after a reopen */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_clear_dirty(f->j), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_dirty_chunks(f->j), 0);
+	assert_int_equal(walk_dirty(f->j, got, 16), 0);
+	reopen(f);
+	assert_int_equal(journal_dirty_chunks(f->j), 0);
+	assert_int_equal(walk_dirty(f->j, got, 16), 0);
+	/* and counting starts again from zero */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_mark_dirty(f->j, 3, 0, 2 * JOURNAL_CHUNK),
+	    0);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_dirty_chunks(f->j), 2);
+	reopen(f);
+	assert_int_equal(journal_dirty_chunks(f->j), 2);
+}
+
+/* ------------------------------------------------------------------ */
+/* journal_reserve: sequences without entries */
+
+static void
+test_reserve(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = pattern(4096, 21);
+	uint64_t first = 0;
+	struct recs *rs;
+
+	/* reserve needs a transaction */
+	assert_int_equal(journal_reserve(f->j, 1, &first), -1);
+
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(append1(f->j, 0, 0, 4096, b), 1);
+	assert_int_equal(append1(f->j, 0, 4096, 4096, b), 2);
+	assert_int_equal(append1(f->j, 0, 8192, 4096, b), 3);
+	assert_int_equal(journal_reserve(f->j, 10, &first), 0);
+	assert_int_equal(first, 4);
+	assert_int_equal(journal_last_seq(f->j), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_last_seq(f->j), 13);
+	assert_int_equal(journal_get(f->j, JM_SEQ_FLOOR), 13);
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(append1(f->j, 0, 0, 4096, b), 14);
+	assert_int_equal(journal_commit(f->j), 0);
+	rs = read_all(f->j, 0);
+	assert_int_equal(rs->n, 4);
+	assert_int_equal(rs->r[2].seq, 3);
+	assert_int_equal(rs->r[3].seq, 14);
+	recs_free(rs);
+	reopen(f);
+	assert_int_equal(journal_last_seq(f->j), 14);
+
+	/* an aborted reservation is not kept */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_reserve(f->j, 100, &first), 0);
+	assert_int_equal(first, 15);
+	journal_abort(f->j);
+	assert_int_equal(journal_last_seq(f->j), 14);
+	assert_int_equal(journal_get(f->j, JM_SEQ_FLOOR), 13);
+	reopen(f);
+	assert_int_equal(journal_last_seq(f->j), 14);
+
+	/* a reservation last in the journal survives a reopen */
+	{
+		char d2[160], err[256] = "";
+		struct journal *j2;
+
+		snprintf(d2, sizeof(d2), "%s/j2", f->dir);
+		j2 = journal_open(d2, err, sizeof(err));
+		if (j2 == NULL)
+			fail_msg("journal_open %s: %s", d2, err);
+		assert_int_equal(journal_begin(j2), 0);
+		assert_int_equal(append1(j2, 0, 0, 4096, b), 1);
+		assert_int_equal(append1(j2, 0, 0, 4096, b), 2);
+		assert_int_equal(append1(j2, 0, 0, 4096, b), 3);
+		assert_int_equal(journal_commit(j2), 0);
+		assert_int_equal(journal_begin(j2), 0);
+		assert_int_equal(journal_reserve(j2, 10, &first), 0);
+		assert_int_equal(first, 4);
+		assert_int_equal(journal_commit(j2), 0);
+		assert_int_equal(journal_last_seq(j2), 13);
+		journal_close(j2);
+		j2 = journal_open(d2, err, sizeof(err));
+		if (j2 == NULL)
+			fail_msg("journal_open %s: %s", d2, err);
+		assert_int_equal(journal_last_seq(j2), 13);
+		assert_int_equal(journal_first_seq(j2), 1);
+		/* even with the log trimmed empty */
+		assert_int_equal(journal_trim(j2, UINT64_MAX), 3);
+		journal_close(j2);
+		j2 = journal_open(d2, err, sizeof(err));
+		if (j2 == NULL)
+			fail_msg("journal_open %s: %s", d2, err);
+		assert_int_equal(journal_last_seq(j2), 13);
+		assert_int_equal(journal_begin(j2), 0);
+		assert_int_equal(append1(j2, 0, 0, 4096, b), 14);
+		assert_int_equal(journal_commit(j2), 0);
+		journal_close(j2);
+	}
+	free(b);
+}
+
+/* ------------------------------------------------------------------ */
+/* journal_bytes is a cached counter; journal_pending_bytes the open txn */
+
+static void
+test_bytes_counter(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = pattern(4096, 31);
+
+	assert_int_equal(journal_pending_bytes(f->j), 0);
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(append1(f->j, 0, 0, 4096, b), 1);
+	assert_int_equal(append1(f->j, 0, 4096, 4096, b), 2);
+	append1(f->j, 0, 0, 65536, NULL);	/* zeroes are not bytes */
+	assert_int_equal(journal_pending_bytes(f->j), 8192);
+	assert_int_equal(journal_bytes(f->j), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_bytes(f->j), 8192);
+	assert_int_equal(journal_pending_bytes(f->j), 0);
+
+	assert_int_equal(journal_trim(f->j, 1), 1);
+	assert_int_equal(journal_bytes(f->j), 4096);
+	reopen(f);
+	assert_int_equal(journal_bytes(f->j), 4096);
+
+	/* an aborted append leaves both alone */
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 0, 4096, b);
+	assert_int_equal(journal_pending_bytes(f->j), 4096);
+	journal_abort(f->j);
+	assert_int_equal(journal_pending_bytes(f->j), 0);
+	assert_int_equal(journal_bytes(f->j), 4096);
+	reopen(f);
+	assert_int_equal(journal_bytes(f->j), 4096);
+	assert_int_equal(journal_trim(f->j, UINT64_MAX), 2);
+	assert_int_equal(journal_bytes(f->j), 0);
+	reopen(f);
+	assert_int_equal(journal_bytes(f->j), 0);
+	free(b);
+}
+
+/* ------------------------------------------------------------------ */
+/* journal_reset drops the map and the overflow / catch-up counters */
+
+static void
+test_reset_dirty(void **state)
+{
+	struct fx *f = *state;
+	struct dpos got[16];
+	uint64_t first;
+
+	assert_int_equal(journal_begin(f->j), 0);
+	mark3(f->j);
+	assert_int_equal(journal_set(f->j, JM_OVERFLOW, 1), 0);
+	assert_int_equal(journal_set(f->j, JM_CATCHUP_BASE, 5), 0);
+	assert_int_equal(journal_set(f->j, JM_CATCHUP_END, 9), 0);
+	assert_int_equal(journal_reserve(f->j, 9, &first), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+	check_mark3(f->j);
+	assert_int_equal(journal_get(f->j, JM_OVERFLOW), 1);
+	assert_int_equal(journal_get(f->j, JM_CATCHUP_BASE), 5);
+
+	assert_int_equal(journal_reset(f->j), 0);
+	assert_int_equal(journal_dirty_chunks(f->j), 0);
+	assert_int_equal(walk_dirty(f->j, got, 16), 0);
+	assert_int_equal(journal_get(f->j, JM_OVERFLOW), 0);
+	assert_int_equal(journal_get(f->j, JM_CATCHUP_BASE), 0);
+	assert_int_equal(journal_get(f->j, JM_CATCHUP_END), 0);
+	assert_int_equal(journal_get(f->j, JM_SEQ_FLOOR), 0);
+	assert_int_equal(journal_last_seq(f->j), 0);
+	reopen(f);
+	assert_int_equal(journal_dirty_chunks(f->j), 0);
+	assert_int_equal(walk_dirty(f->j, got, 16), 0);
+	assert_int_equal(journal_get(f->j, JM_OVERFLOW), 0);
+	assert_int_equal(journal_get(f->j, JM_CATCHUP_BASE), 0);
+	assert_int_equal(journal_last_seq(f->j), 0);
+	/* the map counts afresh */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_mark_dirty(f->j, 0, 0, 1), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_dirty_chunks(f->j), 1);
+}
+
 int
 main(void)
 {
@@ -991,6 +1368,17 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_page_geometry, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_txn_misuse, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_dirty_mark, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_dirty_persist_abort, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_dirty_clear, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_reserve, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bytes_counter, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_reset_dirty, setup,
 		    teardown),
 	};
 
