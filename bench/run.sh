@@ -9,8 +9,10 @@
 # bench/ssh_push.c, compiled here).
 #
 #   nbd       fio --ioengine=nbd: 4 KiB randwrite QD32 and 1 MiB seq write
-#             QD8 against replicad's export (journaling, DR site up),
-#             qemu-nbd and nbdkit, each on a fresh sparse 1 GiB raw file
+#             QD8 against replicad's export (every write journaled, DR
+#             site up and down; and with the default journal_max of 25%,
+#             DR site down: the journal, then the dirty map), qemu-nbd and
+#             nbdkit, each on a fresh sparse 1 GiB raw file
 #   ssh       1 GiB of random data: written through replicad's export and
 #             timed until `replica checkpoint --wait` returns, vs a libssh2
 #             exec channel and OpenSSH pushing it to `cat >/dev/null`
@@ -44,6 +46,9 @@ FAILOVER_SIZES=${FAILOVER_SIZES:-2G 8G}
 FAILOVER_POINTS=${FAILOVER_POINTS:-10}
 FAILOVER_PCT=${FAILOVER_PCT:-1}
 CMD_TIMEOUT=${CMD_TIMEOUT:-900}
+# Every write journaled: a quota above anything a run writes.  The nbd
+# benchmark adds a run with the default quota (25% of the disk).
+export JOURNAL_MAX=64G
 
 usage() {
 	echo "usage: $0 [all|nbd|ssh|cycle|failover]..." >&2
@@ -210,7 +215,7 @@ run_fio() {
 }
 
 bench_nbd() {
-	local wl r r2 q k t0 t1 img sock pid js ca cb
+	local wl r r2 r3 q k t0 t1 img sock pid js ca cb
 	for wl in rand seq; do
 		log "nbd $wl: replicad export (journaling, DR site up)"
 		sites_up "$NBD_SIZE"
@@ -233,6 +238,14 @@ bench_nbd() {
 		sites_up "$NBD_SIZE"
 		stop_b
 		r2=$(run_fio "$wl" "$(URI_A)" replicad-alone)
+		sites_down
+
+		# the same with the default quota: past it, the dirty map
+		log "nbd $wl: replicad export (journal_max 25%, DR site down)"
+		JOURNAL_MAX=25% sites_up "$NBD_SIZE"
+		stop_b
+		r3=$(run_fio "$wl" "$(URI_A)" replicad-quota)
+		note nbd "replicad $wl, journal_max 25%, DR site down: state $(ra --json status web01 | jget vms 0 state) at fio's end, journal $(ra --json status web01 | jget vms 0 journal_bytes) bytes, dirty map $(ra --json status web01 | jget vms 0 dirty_bytes) bytes"
 		sites_down
 
 		img=$BENCH_DIR/peer.img
@@ -266,6 +279,8 @@ bench_nbd() {
 		result nbd "$what" MB/s "${r#* }" "nbdkit file" "${k#* }"
 		result nbd "$what, DR site down" IOPS "${r2% *}" "qemu-nbd -t (cache=writeback)" "${q% *}"
 		result nbd "$what, DR site down" MB/s "${r2#* }" "qemu-nbd -t (cache=writeback)" "${q#* }"
+		result nbd "$what, DR site down, journal_max 25%" IOPS "${r3% *}" "qemu-nbd -t (cache=writeback)" "${q% *}"
+		result nbd "$what, DR site down, journal_max 25%" MB/s "${r3#* }" "qemu-nbd -t (cache=writeback)" "${q#* }"
 	done
 	note nbd "fio --ioengine=nbd, numjobs 1, --size=$NBD_SIZE --runtime=$NBD_RUNTIME --time_based; each target on a fresh sparse $NBD_SIZE raw file in $TMPDIR; MB = 10^6 bytes"
 }

@@ -559,6 +559,41 @@ journal_next_dirty(struct journal *j, uint32_t *disk, uint64_t *chunk)
 	return found;
 }
 
+int
+journal_dirty_each(struct journal *j,
+    void (*fn)(uint32_t disk, uint64_t chunk, void *arg), void *arg)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, d;
+	int rc;
+
+	if ((rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return jfail(j, "dirty map: %s", mdb_strerror(rc));
+	if ((rc = mdb_cursor_open(txn, j->dirty, &cur)) != 0) {
+		mdb_txn_abort(txn);
+		return jfail(j, "dirty map: %s", mdb_strerror(rc));
+	}
+	for (rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST); rc == 0;
+	    rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT)) {
+		const uint8_t *bits = d.mv_data;
+		uint64_t base;
+
+		if (k.mv_size != 12 || d.mv_size != DIRTY_REC_BITS / 8)
+			continue;
+		base = kv_get64((const uint8_t *)k.mv_data + 4) *
+		    DIRTY_REC_BITS;
+		for (uint64_t b = 0; b < DIRTY_REC_BITS; b++)
+			if (bits[b / 8] & (1u << (b % 8)))
+				fn(kv_get32(k.mv_data), base + b, arg);
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	if (rc != MDB_NOTFOUND)
+		return jfail(j, "dirty map: %s", mdb_strerror(rc));
+	return 0;
+}
+
 uint64_t
 journal_dirty_chunks(struct journal *j)
 {

@@ -116,6 +116,9 @@ int journal_mark_dirty(struct journal *j, uint32_t disk, uint64_t off,
  * 0 none, -1 error. */
 int journal_next_dirty(struct journal *j, uint32_t *disk, uint64_t *chunk);
 uint64_t journal_dirty_chunks(struct journal *j);
+/* Call fn for every committed dirty chunk, in order. */
+int journal_dirty_each(struct journal *j,
+    void (*fn)(uint32_t disk, uint64_t chunk, void *arg), void *arg);
 int journal_clear_dirty(struct journal *j);
 
 /*

@@ -57,6 +57,7 @@ struct pop {
 	uint8_t *data;		/* NULL: zero the range */
 	uint64_t seq;		/* its last journal entry */
 	struct nbd_req *req;	/* NULL for a flush-only waiter */
+	int marked;		/* tracked by the dirty map, not journaled */
 };
 
 enum ship_phase {
@@ -132,6 +133,9 @@ struct pvm {
 	int img_unsynced;	/* main: image writes outside the journal */
 	uint64_t chunk_base[MAX_DISKS];	/* first global chunk of a disk */
 	uint64_t nchunks;
+	uint8_t *marked;	/* main: the map's committed bits, by global
+				 * chunk: writes to marked chunks skip the
+				 * journal transaction */
 	int cu_requested;	/* shipper: asked for this overflow */
 	uint64_t cu_posted;	/* shipper: cu_base whose end was posted */
 	uint64_t cu_seen;	/* shipper: cu_base the counters are for */

@@ -129,6 +129,7 @@
 #define MAX_INFLIGHT		256	/* pending async requests per conn */
 #define OUT_HIWAT		(64u << 20)	/* stop reading above this */
 #define OUT_LOWAT		(16u << 20)	/* resume below this */
+#define NBD_READ_MAX		(4u << 20)	/* bytes per read or write call */
 #define BLOCK_MIN		1
 #define BLOCK_PREF		4096
 
@@ -1044,6 +1045,9 @@ accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOWAT, 0);
+	/* big writes arrive in few reads, not 16 KiB ones */
+	bufferevent_set_max_single_read(c->bev, NBD_READ_MAX);
+	bufferevent_set_max_single_write(c->bev, NBD_READ_MAX);
 	bufferevent_set_timeouts(c->bev, &tv, NULL);
 	put64(hello, NBD_MAGIC);
 	put64(hello + 8, NBD_IHAVEOPT);

@@ -104,6 +104,43 @@ commit_cb(evutil_socket_t fd, short ev, void *arg)
 	vm_commit(arg);
 }
 
+static void
+set_marks(struct pvm *vm, uint32_t disk, uint64_t off, uint64_t len)
+{
+	uint64_t c, last;
+
+	if (len == 0 || disk >= vm->ndisks)
+		return;
+	last = vm->chunk_base[disk] + (off + len - 1) / JOURNAL_CHUNK;
+	for (c = vm->chunk_base[disk] + off / JOURNAL_CHUNK; c <= last &&
+	    c < vm->nchunks; c++)
+		vm->marked[c / 8] |= (uint8_t)(1u << (c % 8));
+}
+
+/* Every chunk of the range is in the committed dirty map. */
+static int
+all_marked(struct pvm *vm, uint32_t disk, uint64_t off, uint64_t len)
+{
+	uint64_t c, last;
+
+	if (len == 0)
+		return 0;
+	last = vm->chunk_base[disk] + (off + len - 1) / JOURNAL_CHUNK;
+	for (c = vm->chunk_base[disk] + off / JOURNAL_CHUNK; c <= last; c++)
+		if (c >= vm->nchunks ||
+		    !(vm->marked[c / 8] & (1u << (c % 8))))
+			return 0;
+	return 1;
+}
+
+static void
+load_mark(uint32_t disk, uint64_t chunk, void *arg)
+{
+	struct pvm *vm = arg;
+
+	set_marks(vm, disk, chunk * JOURNAL_CHUNK, 1);
+}
+
 static int
 vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 {
@@ -172,6 +209,12 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 	}
 	if (vm->quota < 2 * JOURNAL_CHUNK)
 		vm->quota = 2 * JOURNAL_CHUNK;
+	if ((vm->marked = calloc((size_t)(vm->nchunks + 7) / 8, 1)) == NULL ||
+	    journal_dirty_each(vm->j, load_mark, vm) != 0) {
+		log_warnx("%s: vm %s: dirty map: %s", __func__, cfg->name,
+		    vm->marked ? journal_error(vm->j) : "out of memory");
+		return -1;
+	}
 	vm->overflow = journal_get(vm->j, JM_OVERFLOW) != 0;
 	vm->cu_base = journal_get(vm->j, JM_CATCHUP_BASE);
 	vm->cu_end = journal_get(vm->j, JM_CATCHUP_END);
@@ -218,6 +261,7 @@ vm_close(struct pvm *vm)
 	}
 	free(vm->ops);
 	free(vm->waiters);
+	free(vm->marked);
 }
 
 int
@@ -311,6 +355,8 @@ vm_commit(struct pvm *vm)
 
 		if (op->disk == UINT32_MAX)
 			continue;	/* a flush */
+		if (op->marked)
+			set_marks(vm, op->disk, op->off, op->len);
 		if (op->data ? pwrite_full(vm->disks[op->disk].fd, op->data,
 		    op->len, op->off) : zero_range(vm->disks[op->disk].fd,
 		    op->off, op->len)) {
@@ -430,6 +476,7 @@ maybe_end_catchup(struct pvm *vm)
 		journal_abort(vm->j);
 		return;
 	}
+	memset(vm->marked, 0, (size_t)(vm->nchunks + 7) / 8);
 	__atomic_store_n(&vm->cu_base, 0, __ATOMIC_RELEASE);
 	log_info("vm %s: catch-up complete", vm->cfg->name);
 }
@@ -482,10 +529,24 @@ be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
 {
 	struct pdisk *pd = exp;
 	struct pvm *vm = pd->vm;
-	struct pop op = { pd->idx, off, len, NULL, 0, req };
+	struct pop op = { pd->idx, off, len, NULL, 0, req, 0 };
 
 	if (off > pd->size || len > pd->size - off) {
 		nbd_complete(req, EINVAL);
+		return;
+	}
+	if (vm->overflow && !fua && vm->nops == 0 &&
+	    all_marked(vm, pd->idx, off, len)) {
+		/* The map already holds these chunks durably committed, and
+		 * no earlier write waits: straight to the image. */
+		if (data ? pwrite_full(pd->fd, data, len, off) :
+		    zero_range(pd->fd, off, len)) {
+			log_warn("vm %s: write %s", vm->cfg->name, pd->export);
+			nbd_complete(req, EIO);
+			return;
+		}
+		vm->img_unsynced = 1;
+		nbd_complete(req, 0);
 		return;
 	}
 	if (journal_begin(vm->j) != 0)
@@ -504,6 +565,7 @@ be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
 			memcpy(op.data, data, len);
 		if (journal_mark_dirty(vm->j, pd->idx, off, len) != 0)
 			goto fail;
+		op.marked = 1;
 		vm->img_unsynced = 1;
 	} else if (data) {
 		if ((op.data = malloc(len ? len : 1)) == NULL) {
@@ -539,7 +601,7 @@ be_flush(void *exp, struct nbd_req *req)
 {
 	struct pdisk *pd = exp;
 	struct pvm *vm = pd->vm;
-	struct pop op = { UINT32_MAX, 0, 0, NULL, 0, req };
+	struct pop op = { UINT32_MAX, 0, 0, NULL, 0, req, 0 };
 
 	vm->need_sync = 1;
 	if (push_op(vm, &op) != 0)

@@ -52,7 +52,8 @@ crash_a
 start_a
 check "after the crash the map is still there" \
 	test "$(st dirty_bytes)" -ge $((150 << 20))
-qw -c "write -P 0x42 301M 64K" -c "flush"
+# one write to a chunk the map holds (straight to the image), one not
+qw -c "write -P 0x43 10M 64K" -c "write -P 0x42 301M 64K" -c "flush"
 
 # the DR site is back: journal, then catch-up, then a point
 start_b
