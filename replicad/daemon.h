@@ -114,7 +114,8 @@ struct pvm {
 	struct pop *ops;
 	size_t nops, capops;
 	int need_sync;
-	uint64_t written_seq;	/* entries up to here are in the images */
+	uint64_t written_seq;	/* entries up to here are in the images
+				 * (main writes; the shipper reads: atomic) */
 	/*
 	 * Journal quota (vm.c).  Over journal_max, writes go to the image
 	 * and the journal's dirty map instead of the journal (overflow).

@@ -138,7 +138,8 @@ ship_tick(struct daemon *d)
 static void
 start_sync(struct pvm *vm, const char *why)
 {
-	vm->sync_base = journal_last_seq(vm->j);
+	/* what the images hold; the journal after it follows the copy */
+	vm->sync_base = __atomic_load_n(&vm->written_seq, __ATOMIC_ACQUIRE);
 	vm->sync_disk = 0;
 	vm->sync_off = 0;
 	vm->sync_done = 0;

@@ -365,8 +365,9 @@ vm_commit(struct pvm *vm)
 			err = EIO;
 		}
 	}
-	if (!err)
-		vm->written_seq = journal_last_seq(vm->j);
+	if (!err)	/* the shipper reads it (start of an initial copy) */
+		__atomic_store_n(&vm->written_seq, journal_last_seq(vm->j),
+		    __ATOMIC_RELEASE);
 	if (!err && vm->need_sync && journal_sync(vm->j) != 0) {
 		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 		err = EIO;
@@ -445,7 +446,8 @@ maybe_start_catchup(struct pvm *vm)
 		journal_abort(vm->j);
 		return;
 	}
-	vm->written_seq = journal_last_seq(vm->j);
+	__atomic_store_n(&vm->written_seq, journal_last_seq(vm->j),
+	    __ATOMIC_RELEASE);
 	vm->cu_wanted = 0;
 	vm->cu_sent = 0;
 	__atomic_store_n(&vm->cu_end, first + vm->nchunks - 1,
