@@ -7,6 +7,7 @@
  * authorized_keys, never from the remote side.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
 #include <stdio.h>
@@ -19,17 +20,60 @@
 #include "config.h"
 
 #define RELAY_BUF (256u << 10)
+#define SPLICE_LEN (1u << 20)
+#define PIPE_SIZE (1u << 20)	/* /proc/sys/fs/pipe-max-size by default */
 
 struct pipe_buf {
 	uint8_t *buf;
 	size_t len, off;
 	int eof;
+	int spliced;		/* splice(2) works between in and out */
+	int wait_out;		/* a splice waits for out to take more */
 };
 
+static int
+readable(int fd)
+{
+	struct pollfd p = { fd, POLLIN, 0 };
+
+	return poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP));
+}
+
+/*
+ * Move what can move now.  Where one side is a pipe, splice(2) moves it in
+ * the kernel; otherwise (or where splice refuses) through b->buf.
+ */
 static int
 relay(int in, int out, struct pipe_buf *b, short rev, short wev)
 {
 	ssize_t n;
+
+	while (b->spliced && !b->eof && ((rev & (POLLIN | POLLHUP | POLLERR)) ||
+	    (b->wait_out && (wev & POLLOUT)))) {
+		n = splice(in, NULL, out, NULL, SPLICE_LEN,
+		    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (n > 0) {
+			b->wait_out = 0;
+			continue;
+		}
+		if (n == 0) {
+			b->eof = 1;
+			return 0;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			/* out is full if in still has data */
+			b->wait_out = readable(in);
+			return 0;
+		}
+		if (errno != EINVAL)
+			return -1;
+		b->spliced = 0;	/* neither side a pipe: copy */
+		b->wait_out = 0;
+	}
+	if (b->spliced)
+		return 0;
 
 	if (b->len == 0 && !b->eof && (rev & (POLLIN | POLLHUP | POLLERR))) {
 		n = read(in, b->buf, RELAY_BUF);
@@ -117,24 +161,35 @@ serve_main(int argc, char **argv)
 	down.buf = malloc(RELAY_BUF);
 	if (up.buf == NULL || down.buf == NULL)
 		return 1;
+	/* sshd's pipes: bigger ones let it run ahead of us */
+	fcntl(0, F_SETPIPE_SZ, PIPE_SIZE);
+	fcntl(1, F_SETPIPE_SZ, PIPE_SIZE);
+	for (int i = 0; i < 2; i++) {
+		int sz = 4 << 20;
+
+		if (setsockopt(s, SOL_SOCKET, i ? SO_RCVBUFFORCE :
+		    SO_SNDBUFFORCE, &sz, sizeof(sz)) == -1)
+			setsockopt(s, SOL_SOCKET, i ? SO_RCVBUF : SO_SNDBUF,
+			    &sz, sizeof(sz));
+	}
+	fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK);
+	up.spliced = down.spliced = 1;
 	for (;;) {
-		struct pollfd p[4] = {
-			{ 0, up.len == 0 && !up.eof ? POLLIN : 0, 0 },
-			{ s, up.len > 0 ? POLLOUT : 0, 0 },
-			{ s, down.len == 0 && !down.eof ? POLLIN : 0, 0 },
-			{ 1, down.len > 0 ? POLLOUT : 0, 0 },
-		};
-		struct pollfd q[3] = {
-			{ up.eof ? -1 : 0, p[0].events, 0 },
-			{ s, (short)(p[1].events | p[2].events), 0 },
-			{ 1, p[3].events, 0 },
-		};
+		struct pollfd q[3];
+		short e0, es, e1;
 
 		if (up.eof && up.len == 0)
 			shutdown(s, SHUT_WR);
 		if ((up.eof && up.len == 0 && down.eof && down.len == 0) ||
 		    (down.eof && down.len == 0))
 			break;
+		e0 = !up.eof && up.len == 0 && !up.wait_out ? POLLIN : 0;
+		es = (short)((up.len > 0 || up.wait_out ? POLLOUT : 0) |
+		    (!down.eof && down.len == 0 && !down.wait_out ? POLLIN : 0));
+		e1 = down.len > 0 || down.wait_out ? POLLOUT : 0;
+		q[0] = (struct pollfd){ up.eof ? -1 : 0, e0, 0 };
+		q[1] = (struct pollfd){ s, es, 0 };
+		q[2] = (struct pollfd){ 1, e1, 0 };
 		if (poll(q, 3, -1) == -1) {
 			if (errno == EINTR)
 				continue;
