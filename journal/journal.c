@@ -514,7 +514,8 @@ journal_mark_dirty(struct journal *j, uint32_t disk, uint64_t off,
 }
 
 int
-journal_next_dirty(struct journal *j, uint32_t *disk, uint64_t *chunk)
+journal_dirty_run(struct journal *j, uint32_t *disk, uint64_t *chunk,
+    uint32_t *run, uint32_t max)
 {
 	MDB_txn *txn;
 	MDB_cursor *cur;
@@ -544,19 +545,34 @@ journal_next_dirty(struct journal *j, uint32_t *disk, uint64_t *chunk)
 		if (kd == *disk && base + DIRTY_REC_BITS > *chunk &&
 		    *chunk > base)
 			from = *chunk - base;
-		for (uint64_t b = from; b < DIRTY_REC_BITS; b++)
-			if (bits[b / 8] & (1u << (b % 8))) {
-				*disk = kd;
-				*chunk = base + b;
-				found = 1;
-				break;
-			}
+		for (uint64_t b = from; b < DIRTY_REC_BITS; b++) {
+			uint32_t n = 0;
+
+			if (!(bits[b / 8] & (1u << (b % 8))))
+				continue;
+			while (b + n < DIRTY_REC_BITS && n < max &&
+			    (bits[(b + n) / 8] & (1u << ((b + n) % 8))))
+				n++;
+			*disk = kd;
+			*chunk = base + b;
+			*run = n ? n : 1;
+			found = 1;
+			break;
+		}
 	}
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
 	if (!found && rc != 0 && rc != MDB_NOTFOUND)
 		return jfail(j, "dirty map: %s", mdb_strerror(rc));
 	return found;
+}
+
+int
+journal_next_dirty(struct journal *j, uint32_t *disk, uint64_t *chunk)
+{
+	uint32_t run;
+
+	return journal_dirty_run(j, disk, chunk, &run, 1);
 }
 
 int

@@ -66,8 +66,9 @@ struct jentry {
 #define JM_CATCHUP_BASE	"catchup_base"	/* seq of chunk 0 of a catch-up */
 #define JM_CATCHUP_END	"catchup_end"	/* last seq a catch-up reserved */
 
-/* Granularity of the dirty map (and of catch-up entries). */
-#define JOURNAL_CHUNK JOURNAL_MAX_ENTRY
+/* Granularity of the dirty map: a block, so that a catch-up after random
+ * small writes sends what changed, not whole extents around it. */
+#define JOURNAL_CHUNK 4096u
 
 /* Open or create the journal in directory DIR. */
 struct journal *journal_open(const char *dir, char *err, size_t errlen);
@@ -115,6 +116,10 @@ int journal_mark_dirty(struct journal *j, uint32_t disk, uint64_t off,
 /* The first dirty chunk at or after (*disk, *chunk): 1 found (and set),
  * 0 none, -1 error. */
 int journal_next_dirty(struct journal *j, uint32_t *disk, uint64_t *chunk);
+/* The same, and *run gets how many chunks from there are dirty in a row
+ * (at most max; a run may go on in a later call). */
+int journal_dirty_run(struct journal *j, uint32_t *disk, uint64_t *chunk,
+    uint32_t *run, uint32_t max);
 uint64_t journal_dirty_chunks(struct journal *j);
 /* Call fn for every committed dirty chunk, in order. */
 int journal_dirty_each(struct journal *j,

@@ -572,12 +572,16 @@ catchup_step(struct pvm *vm, uint64_t cb, uint64_t ce)
 	while (d + 1 < vm->ndisks && vm->chunk_base[d + 1] <= g)
 		d++;
 	chunk = g - vm->chunk_base[d];
-	while (n < SHIP_BATCH / JOURNAL_CHUNK) {
+	while (n < SHIP_BATCH / JOURNAL_CHUNK &&
+	    used + JOURNAL_CHUNK <= SHIP_BATCH) {
 		struct pdisk *pd;
 		uint64_t off;
+		uint32_t run;
 		size_t len;
 
-		if ((r = journal_next_dirty(vm->j, &d, &chunk)) < 0) {
+		if ((r = journal_dirty_run(vm->j, &d, &chunk, &run,
+		    (uint32_t)((SHIP_BATCH - used < JOURNAL_MAX_ENTRY ?
+		    SHIP_BATCH - used : JOURNAL_MAX_ENTRY) / JOURNAL_CHUNK))) < 0) {
 			log_warnx("vm %s: %s", vm->cfg->name,
 			    journal_error(vm->j));
 			return -1;
@@ -593,8 +597,8 @@ catchup_step(struct pvm *vm, uint64_t cb, uint64_t ce)
 			chunk = 0;
 			continue;
 		}
-		len = pd->size - off < JOURNAL_CHUNK ?
-		    (size_t)(pd->size - off) : JOURNAL_CHUNK;
+		len = pd->size - off < (uint64_t)run * JOURNAL_CHUNK ?
+		    (size_t)(pd->size - off) : (size_t)run * JOURNAL_CHUNK;
 		if (pread_full(pd->fd, buf + used, len, off) != 0) {
 			log_warn("vm %s: read %s", vm->cfg->name, pd->export);
 			return -1;
@@ -614,7 +618,7 @@ catchup_step(struct pvm *vm, uint64_t cb, uint64_t ce)
 		entp[n] = &ents[n];
 		n++;
 		bytes += len;
-		chunk++;
+		chunk += run;
 	}
 	if (n > 0) {
 		w.vm = (char *)vm->cfg->name;

@@ -1123,6 +1123,54 @@ test_dirty_persist_abort(void **state)
 	check_mark3(f->j);
 }
 
+/* Runs of dirty chunks: capped by max, ended by a clean chunk or a map
+ * record's end (the next call goes on), and the walk by runs covers every
+ * chunk exactly once. */
+static void
+test_dirty_run(void **state)
+{
+	struct fx *f = *state;
+	uint32_t d = 0, run = 0;
+	uint64_t c = 0, seen = 0;
+
+	assert_int_equal(journal_begin(f->j), 0);
+	/* chunks 4090..4105 of disk 0 cross the first record (4096 bits) */
+	assert_int_equal(journal_mark_dirty(f->j, 0, 4090ull * JOURNAL_CHUNK,
+	    16ull * JOURNAL_CHUNK), 0);
+	assert_int_equal(journal_mark_dirty(f->j, 0, 5000ull * JOURNAL_CHUNK,
+	    40ull * JOURNAL_CHUNK), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_dirty_run(f->j, &d, &c, &run, 100), 1);
+	assert_int_equal(d, 0);
+	assert_int_equal(c, 4090);
+	assert_int_equal(run, 6);	/* to the end of the record */
+	c += run;
+	assert_int_equal(journal_dirty_run(f->j, &d, &c, &run, 100), 1);
+	assert_int_equal(c, 4096);
+	assert_int_equal(run, 10);
+	c += run;
+	assert_int_equal(journal_dirty_run(f->j, &d, &c, &run, 16), 1);
+	assert_int_equal(c, 5000);
+	assert_int_equal(run, 16);	/* max */
+	/* from the middle of a run */
+	c = 5030;
+	assert_int_equal(journal_dirty_run(f->j, &d, &c, &run, 100), 1);
+	assert_int_equal(c, 5030);
+	assert_int_equal(run, 10);
+	c += run;
+	assert_int_equal(journal_dirty_run(f->j, &d, &c, &run, 100), 0);
+	/* the whole walk */
+	d = 0;
+	c = 0;
+	while (journal_dirty_run(f->j, &d, &c, &run, 7) == 1) {
+		assert_true(run >= 1 && run <= 7);
+		seen += run;
+		c += run;
+	}
+	assert_int_equal(seen, 56);
+	assert_int_equal(journal_dirty_chunks(f->j), 56);
+}
+
 static void
 test_dirty_clear(void **state)
 {
@@ -1372,6 +1420,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_dirty_mark, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_dirty_persist_abort, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_dirty_run, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_dirty_clear, setup,
 		    teardown),
