@@ -61,6 +61,8 @@ struct link {
 
 static void link_step(struct link *l);
 
+#define WAKE_COALESCE_US 1000	/* journal growth gathered before a pump */
+
 static const char *state_names[] = { "idle", "connecting", "handshake",
 	"authenticating", "opening", "starting", "hello", "ready" };
 
@@ -610,10 +612,15 @@ link_wake(struct link *l)
 {
 	/* One wake-up in flight is enough: waking the other thread costs a
 	 * system call, and the pump takes everything the journal holds. */
+	struct timeval tv = { 0, WAKE_COALESCE_US };
+
 	if (!__atomic_load_n(&l->ready, __ATOMIC_ACQUIRE) ||
 	    __atomic_exchange_n(&l->wake_pending, 1, __ATOMIC_ACQ_REL))
 		return;
-	event_active(l->ev_wake, EV_READ, 0);
+	/* A moment's wait gathers the commits of many event-loop turns
+	 * into one frame: fewer frames, packets and DR-side transactions
+	 * for the same data, for a millisecond more of lag. */
+	event_add(l->ev_wake, &tv);
 }
 
 struct link *
