@@ -141,6 +141,10 @@ struct pvm {
 	uint64_t cu_posted;	/* shipper: cu_base whose end was posted */
 	uint64_t cu_seen;	/* shipper: cu_base the counters are for */
 	uint64_t cu_done, cu_total;	/* shipper: bytes */
+	/* bandwidth cap (shipper): a token bucket of data bytes */
+	int64_t bw_tokens;
+	int64_t bw_ms;
+	uint64_t data_sent;	/* data bytes put in frames */
 
 	/* shipping: owned by the shipper thread */
 	enum ship_phase phase;
@@ -213,6 +217,8 @@ void link_reset(struct link *l, const char *why);
 void link_kick(struct link *l);
 /* From the main thread: the journal grew, ship it. */
 void link_wake(struct link *l);
+/* Shipper thread: pump again in MS milliseconds (a bandwidth cap). */
+void link_pump_later(struct link *l, int ms);
 
 /* ------------------------------------------------------------------ */
 /* DR side */

@@ -605,6 +605,17 @@ wake_cb(evutil_socket_t fd, short ev, void *arg)
 		link_step(l);
 }
 
+void
+link_pump_later(struct link *l, int ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	if (event_pending(l->ev_wake, EV_TIMEOUT, NULL))
+		return;		/* a pump comes sooner; it looks again */
+	__atomic_store_n(&l->wake_pending, 1, __ATOMIC_RELEASE);
+	event_add(l->ev_wake, &tv);
+}
+
 /* Any thread: the journal grew.  event_active() is thread-safe once
  * evthread_use_pthreads() ran. */
 void

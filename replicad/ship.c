@@ -393,6 +393,8 @@ sync_step(struct pvm *vm)
 	m.body_case = REPLICATION__MSG__BODY_SYNC;
 	m.sync = &sb;
 	vm->bytes_shipped += len;
+	for (size_t i = 0; i < n; i++)
+		vm->data_sent += ents[i].data.len;
 	publish(vm);
 	return link_send(vm->link, &m, compress_of(vm));
 }
@@ -507,6 +509,7 @@ stream_step(struct pvm *vm, uint64_t cb)
 			goto out;
 		vm->send_seq = b.ents[b.n - 1].seq + 1;
 		vm->bytes_shipped += b.used;
+		vm->data_sent += b.used;
 		publish(vm);
 	}
 	if (b.have_point) {
@@ -630,6 +633,7 @@ catchup_step(struct pvm *vm, uint64_t cb, uint64_t ce)
 			return -1;
 		vm->send_seq = ents[n - 1].seq + 1;
 		vm->bytes_shipped += used;
+		vm->data_sent += used;
 	}
 	if (done)
 		vm->send_seq = ce + 1;
@@ -666,6 +670,33 @@ stream_next(struct pvm *vm)
 	return 0;
 }
 
+/*
+ * The bandwidth cap: a token bucket of data bytes (before compression),
+ * refilled at `bandwidth` per second, holding at most a quarter second's
+ * worth.  A frame may overdraw it; the VM then waits until it is paid.
+ */
+static int
+bw_allows(struct pvm *vm)
+{
+	int64_t bw = (int64_t)vm->cfg->bandwidth, now, cap;
+
+	if (bw <= 0)
+		return 1;
+	now = now_ms();
+	cap = bw / 4 > 65536 ? bw / 4 : 65536;
+	if (vm->bw_ms == 0)
+		vm->bw_tokens = cap;
+	else
+		vm->bw_tokens += (now - vm->bw_ms) * bw / 1000;
+	if (vm->bw_tokens > cap)
+		vm->bw_tokens = cap;
+	vm->bw_ms = now;
+	if (vm->bw_tokens > 0)
+		return 1;
+	link_pump_later(vm->link, (int)((-vm->bw_tokens * 1000) / bw) + 1);
+	return 0;
+}
+
 /* Fill the link's send window from its VMs, round robin. */
 void
 ship_pump(struct link *l)
@@ -680,7 +711,11 @@ ship_pump(struct link *l)
 		for (size_t i = 0; i < d->nvms; i++) {
 			struct pvm *vm = &d->vms[i];
 
-			if (vm->link != l || !link_is_ready(l))
+			uint64_t sent = vm->data_sent;
+
+			if (vm->link != l || !link_is_ready(l) ||
+			    ((vm->phase == SHIP_SYNCING ||
+			    vm->phase == SHIP_STREAMING) && !bw_allows(vm)))
 				continue;
 			if (vm->phase == SHIP_SYNCING) {
 				if (sync_step(vm) != 0)
@@ -694,6 +729,7 @@ ship_pump(struct link *l)
 				if (r > 0)
 					progress = 1;
 			}
+			vm->bw_tokens -= (int64_t)(vm->data_sent - sent);
 		}
 	}
 }

@@ -105,7 +105,8 @@ EOC
 }
 
 # write_configs [INTERVAL] [KEEP]; JOURNAL_MAX (default 1G, so that tests
-# of the journal path stay on it) sets site-a's journal quota
+# of the journal path stay on it) sets site-a's journal quota, BANDWIDTH
+# (default 0: none) its shipping cap
 write_configs() {
 	local interval=${1:-1h} keep=${2:-1h:all}
 	mkdir -p "$T/a" "$T/b"
@@ -130,6 +131,7 @@ interval = $interval
 keep = $keep
 compress = zstd
 journal_max = ${JOURNAL_MAX:-1G}
+bandwidth = ${BANDWIDTH:-0}
 EOC
 	cat >"$T/b.conf" <<EOC
 [site]
