@@ -137,7 +137,8 @@ struct pvm {
 	uint8_t *marked;	/* main: the map's committed bits, by global
 				 * chunk: writes to marked chunks skip the
 				 * journal transaction */
-	int cu_requested;	/* shipper: asked for this overflow */
+	uint64_t cu_gen;	/* atomic: catch-ups started (main) */
+	uint64_t cu_requested;	/* shipper: cu_gen + 1 when it asked */
 	uint64_t cu_posted;	/* shipper: cu_base whose end was posted */
 	uint64_t cu_seen;	/* shipper: cu_base the counters are for */
 	uint64_t cu_done, cu_total;	/* shipper: bytes */

@@ -661,10 +661,13 @@ stream_next(struct pvm *vm)
 		return catchup_step(vm, cb, ce) ? -1 : 1;
 	if (vm->send_seq <= journal_last_seq(vm->j))
 		return stream_step(vm, cb) ? -1 : 1;
-	if (!__atomic_load_n(&vm->overflow, __ATOMIC_ACQUIRE))
-		vm->cu_requested = 0;
-	else if (!vm->cu_requested) {
-		vm->cu_requested = 1;
+	/* over quota and the journal all sent: once per catch-up started,
+	 * ask for the next one */
+	if (__atomic_load_n(&vm->overflow, __ATOMIC_ACQUIRE) &&
+	    vm->cu_requested != __atomic_load_n(&vm->cu_gen,
+	    __ATOMIC_ACQUIRE) + 1) {
+		vm->cu_requested = __atomic_load_n(&vm->cu_gen,
+		    __ATOMIC_ACQUIRE) + 1;
 		post_main(vm->d, vm, SM_CATCHUP_READY, 0, 0);
 	}
 	return 0;

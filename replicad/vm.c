@@ -454,6 +454,7 @@ maybe_start_catchup(struct pvm *vm)
 	    __ATOMIC_RELEASE);
 	__atomic_store_n(&vm->cu_base, first, __ATOMIC_RELEASE);
 	__atomic_store_n(&vm->overflow, 0, __ATOMIC_RELEASE);
+	__atomic_add_fetch(&vm->cu_gen, 1, __ATOMIC_RELEASE);
 	log_info("vm %s: catch-up of %llu KiB to %s begins; writes are "
 	    "journaled again", vm->cfg->name, (unsigned long long)
 	    (journal_dirty_chunks(vm->j) * JOURNAL_CHUNK >> 10),
