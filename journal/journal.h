@@ -65,6 +65,7 @@ struct jentry {
 #define JM_OVERFLOW	"overflow"	/* 1: over quota, writes go to the map */
 #define JM_CATCHUP_BASE	"catchup_base"	/* seq of chunk 0 of a catch-up */
 #define JM_CATCHUP_END	"catchup_end"	/* last seq a catch-up reserved */
+#define JM_PAUSED	"paused"	/* 1: `replica pause`: nothing ships */
 
 /* Granularity of the dirty map: a block, so that a catch-up after random
  * small writes sends what changed, not whole extents around it. */

@@ -131,6 +131,10 @@ cmd_checkpoint(struct daemon *d, struct ctl_conn *c, json_t *req,
 	if ((id = vm_cut_point(vm, POINT_CRASH, label, &seq, err,
 	    sizeof(err))) == 0)
 		return fail("%s", err);
+	if (wait && vm->paused)
+		return fail("point %llu is cut, but replication of %s is paused: "
+		    "it reaches %s after `replica resume %s`",
+		    (unsigned long long)id, name, vm->cfg->replicate_to, name);
 	if (wait && id > vm->acked_point) {
 		struct waiter *n = realloc(vm->waiters,
 		    (vm->nwaiters + 1) * sizeof(*n));
@@ -203,8 +207,20 @@ dispatch(struct daemon *d, struct ctl_conn *c, json_t *req)
 		res = recv_failover(r, point, err, sizeof(err));
 		return res ? res : fail("%s", err);
 	}
+	if (strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0) {
+		struct pvm *vm = vm_find(d, name);
+
+		if (vm == NULL)
+			return fail(recv_find(d, name) ? "vm %s is a replica "
+			    "here; %s runs on its primary" : "no vm %s on site "
+			    "%s", name, recv_find(d, name) ? cmd :
+			    d->cfg.site_name);
+		if (vm_set_paused(vm, strcmp(cmd, "pause") == 0, err,
+		    sizeof(err)) != 0)
+			return fail("%s", err);
+		return ok(json_pack("{s:s}", "vm", name));
+	}
 	if (strcmp(cmd, "migrate") == 0 || strcmp(cmd, "reverse") == 0 ||
-	    strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0 ||
 	    strcmp(cmd, "resync") == 0)
 		return fail("%s is not supported by this version", cmd);
 	return fail("unknown command '%s'", cmd);

@@ -138,6 +138,7 @@ struct pvm {
 				 * chunk: writes to marked chunks skip the
 				 * journal transaction */
 	uint64_t cu_gen;	/* atomic: catch-ups started (main) */
+	int paused;		/* atomic: `replica pause` (main writes) */
 	uint64_t cu_requested;	/* shipper: cu_gen + 1 when it asked */
 	uint64_t cu_posted;	/* shipper: cu_base whose end was posted */
 	uint64_t cu_seen;	/* shipper: cu_base the counters are for */
@@ -186,6 +187,8 @@ void vm_acked(struct pvm *vm, uint64_t seq, uint64_t point);
 json_t *vm_status_json(struct pvm *vm, int64_t now_ms);
 json_t *vm_points_json(struct pvm *vm);
 void vm_drop_waiters(struct daemon *d, struct ctl_conn *conn);
+/* `replica pause` / `resume`: 0, or -1 with err set. */
+int vm_set_paused(struct pvm *vm, int paused, char *err, size_t errlen);
 /* A message from the shipper thread (main thread). */
 void vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a,
     uint64_t b);

@@ -717,6 +717,7 @@ ship_pump(struct link *l)
 			uint64_t sent = vm->data_sent;
 
 			if (vm->link != l || !link_is_ready(l) ||
+			    __atomic_load_n(&vm->paused, __ATOMIC_ACQUIRE) ||
 			    ((vm->phase == SHIP_SYNCING ||
 			    vm->phase == SHIP_STREAMING) && !bw_allows(vm)))
 				continue;

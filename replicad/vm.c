@@ -216,6 +216,10 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 		return -1;
 	}
 	vm->overflow = journal_get(vm->j, JM_OVERFLOW) != 0;
+	vm->paused = journal_get(vm->j, JM_PAUSED) != 0;
+	if (vm->paused)
+		log_warnx("vm %s: replication is paused (replica resume %s)",
+		    cfg->name, cfg->name);
 	vm->cu_base = journal_get(vm->j, JM_CATCHUP_BASE);
 	vm->cu_end = journal_get(vm->j, JM_CATCHUP_END);
 	if (vm->overflow || vm->cu_base)
@@ -764,6 +768,32 @@ vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a, uint64_t b)
 	}
 }
 
+int
+vm_set_paused(struct pvm *vm, int paused, char *err, size_t errlen)
+{
+	if (vm->paused == paused) {
+		snprintf(err, errlen, "replication of %s is %s", vm->cfg->name,
+		    paused ? "already paused" : "not paused");
+		return -1;
+	}
+	if (vm->nops)
+		vm_commit(vm);
+	if (journal_begin(vm->j) != 0 ||
+	    journal_set(vm->j, JM_PAUSED, (uint64_t)paused) != 0 ||
+	    journal_commit(vm->j) != 0 || journal_sync(vm->j) != 0) {
+		snprintf(err, errlen, "journal: %s", journal_error(vm->j));
+		journal_abort(vm->j);
+		return -1;
+	}
+	__atomic_store_n(&vm->paused, paused, __ATOMIC_RELEASE);
+	log_info("vm %s: replication %s", vm->cfg->name, paused ?
+	    "paused: writes are journaled (up to journal_max) and points cut, "
+	    "nothing ships" : "resumed");
+	if (!paused && vm->link)
+		link_wake(vm->link);
+	return 0;
+}
+
 void
 vm_drop_waiters(struct daemon *d, struct ctl_conn *conn)
 {
@@ -859,12 +889,12 @@ vm_status_json(struct pvm *vm, int64_t now)
 	else if (pub.phase != SHIP_STREAMING || (lag > 2.0 *
 	    (double)vm->cfg->interval_ms / 1000.0))
 		health = "warning";
-	if ((vm->overflow || (vm->cu_base && !vm->cu_sent)) &&
+	if ((vm->overflow || (vm->cu_base && !vm->cu_sent) || vm->paused) &&
 	    strcmp(health, "normal") == 0)
 		health = "warning";
 	o = json_pack("{s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:s,s:s,s:I,s:I,s:I}",
 	    "name", vm->cfg->name, "role", "primary", "state",
-	    vm->overflow ? "journal-full" : vm->cu_base && !vm->cu_sent &&
+	    vm->paused ? "paused" : vm->overflow ? "journal-full" : vm->cu_base && !vm->cu_sent &&
 	    pub.phase == SHIP_STREAMING ? "catching-up" :
 	    phase_name(pub.phase), "health", health, "lag_seconds", lag,
 	    "last_point", (json_int_t)vm->acked_point,
@@ -881,6 +911,9 @@ vm_status_json(struct pvm *vm, int64_t now)
 		    (double)pub.sync_total : 100.0));
 	json_object_set_new(o, "journal_max", json_integer((json_int_t)
 	    vm->quota));
+	json_object_set_new(o, "paused", json_boolean(vm->paused));
+	if (vm->overflow)
+		json_object_set_new(o, "journal_full", json_true());
 	json_object_set_new(o, "dirty_bytes", json_integer((json_int_t)
 	    (journal_dirty_chunks(vm->j) * JOURNAL_CHUNK)));
 	if (vm->cu_base && !vm->cu_sent)
