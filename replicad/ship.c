@@ -104,7 +104,7 @@ void
 ship_retry(struct pvm *vm)
 {
 	if (vm->link && link_is_ready(vm->link)) {
-		log_info("vm %s: announcing again after: %s", vm->cfg->name,
+		log_debug("vm %s: announcing again after: %s", vm->cfg->name,
 		    vm->refused);
 		send_announce(vm->link, vm);
 		link_kick(vm->link);
@@ -255,18 +255,27 @@ ship_on_msg(struct link *l, Replication__Msg *m)
 		}
 		post_main(vm->d, vm, SM_ACK, m->ack->seq, m->ack->point);
 		return 0;
-	case REPLICATION__MSG__BODY_ERROR:
+	case REPLICATION__MSG__BODY_ERROR: {
+		char why[sizeof(vm->refused)];
+
 		vm = vm_on_link(l, m->error->vm);
-		log_warnx("%s: %s refused vm %s: %s", __func__,
-		    link_peer(l)->name, m->error->vm, m->error->message);
+		snprintf(why, sizeof(why), "%s: %s", link_peer(l)->name,
+		    m->error->message);
+		/* a refusal repeated on every retry is said once */
+		if (vm == NULL || strcmp(why, vm->refused) != 0)
+			log_warnx("%s: %s refused vm %s: %s", __func__,
+			    link_peer(l)->name, m->error->vm,
+			    m->error->message);
+		else
+			log_debug("%s: refused again: %s", m->error->vm, why);
 		if (vm == NULL)
 			return -1;	/* not about one VM: drop the link */
 		vm->phase = SHIP_REFUSED;
 		vm->refused_ms = now_ms();
-		snprintf(vm->refused, sizeof(vm->refused), "%s: %s",
-		    link_peer(l)->name, m->error->message);
+		snprintf(vm->refused, sizeof(vm->refused), "%s", why);
 		publish(vm);
 		return 0;
+	}
 	default:
 		log_warnx("%s: unexpected %s message from %s", __func__,
 		    frame_type_name(m->body_case), link_peer(l)->name);
