@@ -551,12 +551,34 @@ out:
 /* ------------------------------------------------------------------ */
 /* catch-up: the chunks the dirty map names, under reserved seqs */
 
+struct below {
+	struct pvm *vm;
+	uint64_t cursor;	/* global block index */
+	uint64_t n;
+};
+
 static void
-catchup_progress(struct pvm *vm, uint64_t cb, uint64_t bytes)
+count_below(uint32_t disk, uint64_t chunk, void *arg)
+{
+	struct below *b = arg;
+
+	if (disk < b->vm->ndisks &&
+	    b->vm->chunk_base[disk] + chunk < b->cursor)
+		b->n++;
+}
+
+static void
+catchup_progress(struct pvm *vm, uint64_t cb, uint64_t start,
+    uint64_t bytes)
 {
 	if (vm->cu_seen != cb) {
+		struct below b = { vm, start - cb, 0 };
+
+		/* resumed (a reconnect, a restart): count what went before */
+		if (start > cb)
+			journal_dirty_each(vm->j, count_below, &b);
 		vm->cu_seen = cb;
-		vm->cu_done = 0;
+		vm->cu_done = b.n * JOURNAL_CHUNK;
 		vm->cu_total = journal_dirty_chunks(vm->j) * JOURNAL_CHUNK;
 	}
 	if (vm->cu_total >= (64u << 20) && (vm->cu_done + bytes) * 10 /
@@ -576,7 +598,7 @@ catchup_step(struct pvm *vm, uint64_t cb, uint64_t ce)
 	Replication__Writes w = REPLICATION__WRITES__INIT;
 	Replication__Entry ents[SHIP_BATCH / JOURNAL_CHUNK];
 	Replication__Entry *entp[SHIP_BATCH / JOURNAL_CHUNK];
-	uint64_t g = vm->send_seq - cb, chunk, bytes = 0;
+	uint64_t g = vm->send_seq - cb, chunk, bytes = 0, start = vm->send_seq;
 	uint32_t d = 0;
 	size_t n = 0, used = 0;
 	int done = 0, r;
@@ -646,7 +668,7 @@ catchup_step(struct pvm *vm, uint64_t cb, uint64_t ce)
 	}
 	if (done)
 		vm->send_seq = ce + 1;
-	catchup_progress(vm, cb, bytes);
+	catchup_progress(vm, cb, start, bytes);
 	publish(vm);
 	return 0;
 }
