@@ -487,6 +487,7 @@ static int
 on_point(struct rconn *c, struct ann *an, const Replication__Point *p)
 {
 	struct jentry e;
+	int64_t t0;
 	int dropped, n;
 
 	memset(&e, 0, sizeof(e));
@@ -497,12 +498,22 @@ on_point(struct rconn *c, struct ann *an, const Replication__Point *p)
 	e.kind = p->kind <= REPLICATION__POINT_KIND__APP ?
 	    (enum point_kind)p->kind : POINT_CRASH;
 	snprintf(e.label, sizeof(e.label), "%s", p->label ? p->label : "");
+	t0 = now_ms();
 	if (store_stage(an->r->store, &e, 1) != 0 ||
 	    (n = store_apply(an->r->store)) < 0) {
 		refuse(c, an);
 		return 0;
 	}
 	an->r->last_point_ms = now_ms();
+	/* the apply holds this loop: say so when it is long */
+	if (n > 0 && an->r->last_point_ms - t0 >= 1000)
+		log_info("replica %s: point %llu applied in %lld ms",
+		    an->r->name, (unsigned long long)p->id,
+		    (long long)(an->r->last_point_ms - t0));
+	else if (n > 0)
+		log_debug("replica %s: point %llu applied in %lld ms",
+		    an->r->name, (unsigned long long)p->id,
+		    (long long)(an->r->last_point_ms - t0));
 	if (n > 0 && store_retain(an->r->store, an->r->keep, an->r->nkeep,
 	    now_ms(), &dropped) != 0)
 		log_warnx("replica %s: retention: %s", an->r->name,
