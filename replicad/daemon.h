@@ -128,15 +128,20 @@ struct pvm {
 	 */
 	uint64_t quota;
 	int overflow;
-	uint64_t cu_base, cu_end;
+	uint64_t cu_base, cu_end;	/* change, with the journal commit
+					 * that reserves them, under
+					 * daemon.mu: see catchup_view() */
 	int cu_wanted;		/* main: the shipper asked for a catch-up */
 	int cu_sent;		/* main: every chunk of cu_base was sent */
 	int img_unsynced;	/* main: image writes outside the journal */
 	uint64_t chunk_base[MAX_DISKS];	/* first global chunk of a disk */
 	uint64_t nchunks;
-	uint8_t *marked;	/* main: the map's committed bits, by global
-				 * chunk: writes to marked chunks skip the
-				 * journal transaction */
+	uint8_t *marked;	/* main: the map's durable bits, by global
+				 * block (allocated on first use; NULL: no
+				 * fast path): writes to marked blocks skip
+				 * the journal transaction */
+	struct pmark { uint32_t disk; uint64_t off, len; } *pend_marks;
+	size_t npend_marks, cappend_marks;	/* committed, not synced */
 	uint64_t cu_gen;	/* atomic: catch-ups started (main) */
 	int paused;		/* atomic: `replica pause` (main writes) */
 	uint64_t cu_requested;	/* shipper: cu_gen + 1 when it asked */
@@ -179,6 +184,10 @@ int vm_open_all(struct daemon *d);
 void vm_close_all(struct daemon *d);
 struct pvm *vm_find(struct daemon *d, const char *name);
 extern const struct nbd_backend vm_nbd_backend;
+/* Shipper: the journal's last seq and the catch-up range, as one
+ * consistent view (the reserving commit and the range go together). */
+void catchup_view(struct pvm *vm, uint64_t *last, uint64_t *cb,
+    uint64_t *ce);
 /* Cut a point now; returns its id or 0 with err set. */
 uint64_t vm_cut_point(struct pvm *vm, enum point_kind kind,
     const char *label, uint64_t *seq, char *err, size_t errlen);

@@ -51,6 +51,7 @@ struct link {
 	LIBSSH2_SESSION *sess;
 	LIBSSH2_CHANNEL *chan;
 	struct event *ev_rd, *ev_wr, *ev_timer, *ev_wake;
+	struct event *ev_later;	/* a pump a bandwidth cap put off */
 	struct evbuffer *out, *in;
 	int backoff_ms;
 	char why[256];		/* last failure, for status */
@@ -605,15 +606,29 @@ wake_cb(evutil_socket_t fd, short ev, void *arg)
 		link_step(l);
 }
 
+static void
+later_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct link *l = arg;
+
+	(void)fd;
+	(void)ev;
+	if (l->st != L_READY)
+		return;
+	ship_pump(l);
+	if (l->st == L_READY)
+		link_step(l);
+}
+
+/* Its own timer: a capped VM must not hold up the wakes of the others. */
 void
 link_pump_later(struct link *l, int ms)
 {
 	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
 
-	if (event_pending(l->ev_wake, EV_TIMEOUT, NULL))
-		return;		/* a pump comes sooner; it looks again */
-	__atomic_store_n(&l->wake_pending, 1, __ATOMIC_RELEASE);
-	event_add(l->ev_wake, &tv);
+	if (event_pending(l->ev_later, EV_TIMEOUT, NULL))
+		return;		/* a pump comes then; it looks again */
+	event_add(l->ev_later, &tv);
 }
 
 /* Any thread: the journal grew.  event_active() is thread-safe once
@@ -650,8 +665,9 @@ link_new(struct daemon *d, const struct cfg_peer *peer)
 	l->iobuf = malloc(IO_CHUNK);
 	l->ev_timer = evtimer_new(d->sbase, timer_cb, l);
 	l->ev_wake = event_new(d->sbase, -1, 0, wake_cb, l);
+	l->ev_later = evtimer_new(d->sbase, later_cb, l);
 	if (l->out == NULL || l->in == NULL || l->iobuf == NULL ||
-	    l->ev_timer == NULL || l->ev_wake == NULL) {
+	    l->ev_timer == NULL || l->ev_wake == NULL || l->ev_later == NULL) {
 		link_free(l);
 		return NULL;
 	}
@@ -674,6 +690,8 @@ link_free(struct link *l)
 		event_free(l->ev_timer);
 	if (l->ev_wake)
 		event_free(l->ev_wake);
+	if (l->ev_later)
+		event_free(l->ev_later);
 	if (l->out)
 		evbuffer_free(l->out);
 	if (l->in)

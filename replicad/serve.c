@@ -187,8 +187,11 @@ serve_main(int argc, char **argv)
 		es = (short)((up.len > 0 || up.wait_out ? POLLOUT : 0) |
 		    (!down.eof && down.len == 0 && !down.wait_out ? POLLIN : 0));
 		e1 = down.len > 0 || down.wait_out ? POLLOUT : 0;
-		q[0] = (struct pollfd){ up.eof ? -1 : 0, e0, 0 };
-		q[1] = (struct pollfd){ s, es, 0 };
+		/* a descriptor with nothing to wait for is left out: POLLHUP
+		 * is reported even unasked and would spin the loop.  Stdout
+		 * stays: its hangup is the SSH channel going away. */
+		q[0] = (struct pollfd){ e0 ? 0 : -1, e0, 0 };
+		q[1] = (struct pollfd){ es ? s : -1, es, 0 };
 		q[2] = (struct pollfd){ 1, e1, 0 };
 		if (poll(q, 3, -1) == -1) {
 			if (errno == EINTR)

@@ -185,12 +185,11 @@ on_state(struct link *l, struct pvm *vm, const Replication__VmState *st)
 {
 	uint64_t epoch = journal_get(vm->j, JM_EPOCH);
 	uint64_t first = journal_first_seq(vm->j);
-	uint64_t last = journal_last_seq(vm->j);
+	uint64_t last, cb, ce;
 	uint64_t next = st->applied_seq + 1;
-	uint64_t cb = __atomic_load_n(&vm->cu_base, __ATOMIC_ACQUIRE);
-	uint64_t ce = __atomic_load_n(&vm->cu_end, __ATOMIC_ACQUIRE);
 
 	(void)l;
+	catchup_view(vm, &last, &cb, &ce);
 	vm->refused[0] = '\0';
 	vm->cu_requested = 0;
 	if (st->need_full && st->resume && st->epoch == epoch &&
@@ -422,6 +421,7 @@ struct batch {
 	int have_point;
 	int oom;
 	uint64_t stop;		/* a catch-up's first seq: stop there */
+	uint64_t last;		/* the view's last seq: nothing after it */
 };
 
 static int
@@ -429,7 +429,7 @@ collect(const struct jentry *e, void *arg)
 {
 	struct batch *b = arg;
 
-	if (b->stop && e->seq >= b->stop)
+	if ((b->stop && e->seq >= b->stop) || e->seq > b->last)
 		return 1;
 	if (e->type == JE_POINT) {
 		b->point = *e;
@@ -477,15 +477,15 @@ collect(const struct jentry *e, void *arg)
 }
 
 static int
-stream_step(struct pvm *vm, uint64_t cb)
+stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 {
 	struct batch b;
-	uint64_t last = journal_last_seq(vm->j);
 	int r = 0;
 
 	memset(&b, 0, sizeof(b));
 	b.vm = vm;
 	b.stop = cb > vm->send_seq ? cb : 0;
+	b.last = last;
 	if (journal_read(vm->j, vm->send_seq, SHIP_BATCH, collect, &b) < 0) {
 		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 		r = -1;
@@ -588,6 +588,8 @@ catchup_progress(struct pvm *vm, uint64_t cb, uint64_t start,
 		    100 / vm->cu_total), (unsigned long long)((vm->cu_done +
 		    bytes) >> 20), (unsigned long long)(vm->cu_total >> 20));
 	vm->cu_done += bytes;
+	if (vm->cu_done > vm->cu_total)	/* blocks marked after the start */
+		vm->cu_total = vm->cu_done;
 }
 
 static int
@@ -681,17 +683,17 @@ catchup_step(struct pvm *vm, uint64_t cb, uint64_t ce)
 static int
 stream_next(struct pvm *vm)
 {
-	uint64_t cb = __atomic_load_n(&vm->cu_base, __ATOMIC_ACQUIRE);
-	uint64_t ce = __atomic_load_n(&vm->cu_end, __ATOMIC_ACQUIRE);
+	uint64_t last, cb, ce;
 
+	catchup_view(vm, &last, &cb, &ce);
 	if (cb && vm->send_seq > ce && vm->cu_posted != cb) {
 		vm->cu_posted = cb;
 		post_main(vm->d, vm, SM_CATCHUP_SENT, cb, 0);
 	}
 	if (cb && vm->send_seq >= cb && vm->send_seq <= ce)
 		return catchup_step(vm, cb, ce) ? -1 : 1;
-	if (vm->send_seq <= journal_last_seq(vm->j))
-		return stream_step(vm, cb) ? -1 : 1;
+	if (vm->send_seq <= last)
+		return stream_step(vm, cb, last) ? -1 : 1;
 	/* over quota and the journal all sent: once per catch-up started,
 	 * ask for the next one */
 	if (__atomic_load_n(&vm->overflow, __ATOMIC_ACQUIRE) &&

@@ -104,12 +104,18 @@ commit_cb(evutil_socket_t fd, short ev, void *arg)
 	vm_commit(arg);
 }
 
+/* Bigger maps go without the fast path (32 MiB of bits is 1 TiB). */
+#define MARKED_MAX	(256u << 20)
+
 static void
 set_marks(struct pvm *vm, uint32_t disk, uint64_t off, uint64_t len)
 {
 	uint64_t c, last;
 
 	if (len == 0 || disk >= vm->ndisks)
+		return;
+	if (vm->marked == NULL && ((vm->nchunks + 7) / 8 > MARKED_MAX ||
+	    (vm->marked = calloc((size_t)(vm->nchunks + 7) / 8, 1)) == NULL))
 		return;
 	last = vm->chunk_base[disk] + (off + len - 1) / JOURNAL_CHUNK;
 	for (c = vm->chunk_base[disk] + off / JOURNAL_CHUNK; c <= last &&
@@ -123,7 +129,7 @@ all_marked(struct pvm *vm, uint32_t disk, uint64_t off, uint64_t len)
 {
 	uint64_t c, last;
 
-	if (len == 0)
+	if (len == 0 || vm->marked == NULL)
 		return 0;
 	last = vm->chunk_base[disk] + (off + len - 1) / JOURNAL_CHUNK;
 	for (c = vm->chunk_base[disk] + off / JOURNAL_CHUNK; c <= last; c++)
@@ -139,6 +145,37 @@ load_mark(uint32_t disk, uint64_t chunk, void *arg)
 	struct pvm *vm = arg;
 
 	set_marks(vm, disk, chunk * JOURNAL_CHUNK, 1);
+}
+
+/* Marks committed in the last transactions: the fast path may trust
+ * them only once they are synced (a power loss takes unsynced ones). */
+static int
+pend_marks(struct pvm *vm, uint32_t disk, uint64_t off, uint64_t len)
+{
+	if (vm->npend_marks == vm->cappend_marks) {
+		size_t nc = vm->cappend_marks ? vm->cappend_marks * 2 : 256;
+		struct pmark *n = realloc(vm->pend_marks, nc * sizeof(*n));
+
+		if (n == NULL)
+			return -1;	/* the fast path just misses them */
+		vm->pend_marks = n;
+		vm->cappend_marks = nc;
+	}
+	vm->pend_marks[vm->npend_marks++] = (struct pmark){ disk, off, len };
+	return 0;
+}
+
+/* journal_sync(), and the marks it made durable become trusted. */
+static int
+vm_journal_sync(struct pvm *vm)
+{
+	if (journal_sync(vm->j) != 0)
+		return -1;
+	for (size_t i = 0; i < vm->npend_marks; i++)
+		set_marks(vm, vm->pend_marks[i].disk, vm->pend_marks[i].off,
+		    vm->pend_marks[i].len);
+	vm->npend_marks = 0;
+	return 0;
 }
 
 static int
@@ -209,10 +246,10 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 	}
 	if (vm->quota < 2 * JOURNAL_CHUNK)
 		vm->quota = 2 * JOURNAL_CHUNK;
-	if ((vm->marked = calloc((size_t)(vm->nchunks + 7) / 8, 1)) == NULL ||
+	if (journal_dirty_chunks(vm->j) &&
 	    journal_dirty_each(vm->j, load_mark, vm) != 0) {
 		log_warnx("%s: vm %s: dirty map: %s", __func__, cfg->name,
-		    vm->marked ? journal_error(vm->j) : "out of memory");
+		    journal_error(vm->j));
 		return -1;
 	}
 	vm->overflow = journal_get(vm->j, JM_OVERFLOW) != 0;
@@ -266,6 +303,7 @@ vm_close(struct pvm *vm)
 	free(vm->ops);
 	free(vm->waiters);
 	free(vm->marked);
+	free(vm->pend_marks);
 }
 
 int
@@ -360,7 +398,7 @@ vm_commit(struct pvm *vm)
 		if (op->disk == UINT32_MAX)
 			continue;	/* a flush */
 		if (op->marked)
-			set_marks(vm, op->disk, op->off, op->len);
+			pend_marks(vm, op->disk, op->off, op->len);
 		if (op->data ? pwrite_full(vm->disks[op->disk].fd, op->data,
 		    op->len, op->off) : zero_range(vm->disks[op->disk].fd,
 		    op->off, op->len)) {
@@ -372,7 +410,7 @@ vm_commit(struct pvm *vm)
 	if (!err)	/* the shipper reads it (start of an initial copy) */
 		__atomic_store_n(&vm->written_seq, journal_last_seq(vm->j),
 		    __ATOMIC_RELEASE);
-	if (!err && vm->need_sync && journal_sync(vm->j) != 0) {
+	if (!err && vm->need_sync && vm_journal_sync(vm) != 0) {
 		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 		err = EIO;
 	}
@@ -411,9 +449,12 @@ enter_overflow(struct pvm *vm)
 		vm_commit(vm);
 	if (img_sync(vm) != 0)
 		return -1;
+	/* durable before any tracked write reaches an image */
 	if (journal_begin(vm->j) != 0 ||
 	    journal_set(vm->j, JM_APPLIED, vm->written_seq) != 0 ||
-	    journal_set(vm->j, JM_OVERFLOW, 1) != 0)
+	    journal_set(vm->j, JM_OVERFLOW, 1) != 0 ||
+	    journal_commit(vm->j) != 0 || vm_journal_sync(vm) != 0 ||
+	    journal_begin(vm->j) != 0)
 		return -1;
 	__atomic_store_n(&vm->overflow, 1, __ATOMIC_RELEASE);
 	log_warnx("vm %s: the journal holds %llu bytes, its quota "
@@ -443,28 +484,50 @@ maybe_start_catchup(struct pvm *vm)
 	    journal_reserve(vm->j, vm->nchunks, &first) != 0 ||
 	    journal_set(vm->j, JM_OVERFLOW, 0) != 0 ||
 	    journal_set(vm->j, JM_CATCHUP_BASE, first) != 0 ||
-	    journal_set(vm->j, JM_CATCHUP_END, first + vm->nchunks - 1) != 0 ||
-	    journal_commit(vm->j) != 0 || journal_sync(vm->j) != 0) {
+	    journal_set(vm->j, JM_CATCHUP_END, first + vm->nchunks - 1) !=
+	    0) {
 		log_warnx("vm %s: catch-up: %s", vm->cfg->name,
 		    journal_error(vm->j));
 		journal_abort(vm->j);
 		return;
 	}
+	/* The shipper must never see the reserved seqs as the journal's
+	 * without the range: it would stream past the blocks. */
+	pthread_mutex_lock(&vm->d->mu);
+	if (journal_commit(vm->j) != 0) {
+		pthread_mutex_unlock(&vm->d->mu);
+		log_warnx("vm %s: catch-up: %s", vm->cfg->name,
+		    journal_error(vm->j));
+		return;
+	}
+	vm->cu_end = first + vm->nchunks - 1;
+	vm->cu_base = first;
+	pthread_mutex_unlock(&vm->d->mu);
 	__atomic_store_n(&vm->written_seq, journal_last_seq(vm->j),
 	    __ATOMIC_RELEASE);
 	vm->cu_wanted = 0;
 	vm->cu_sent = 0;
-	__atomic_store_n(&vm->cu_end, first + vm->nchunks - 1,
-	    __ATOMIC_RELEASE);
-	__atomic_store_n(&vm->cu_base, first, __ATOMIC_RELEASE);
 	__atomic_store_n(&vm->overflow, 0, __ATOMIC_RELEASE);
 	__atomic_add_fetch(&vm->cu_gen, 1, __ATOMIC_RELEASE);
+	if (vm_journal_sync(vm) != 0)	/* a crash before it only redoes */
+		log_warnx("vm %s: catch-up: %s", vm->cfg->name,
+		    journal_error(vm->j));
 	log_info("vm %s: catch-up of %llu KiB to %s begins; writes are "
 	    "journaled again", vm->cfg->name, (unsigned long long)
 	    (journal_dirty_chunks(vm->j) * JOURNAL_CHUNK >> 10),
 	    vm->cfg->replicate_to);
 	if (vm->link)
 		link_wake(vm->link);
+}
+
+void
+catchup_view(struct pvm *vm, uint64_t *last, uint64_t *cb, uint64_t *ce)
+{
+	pthread_mutex_lock(&vm->d->mu);
+	*last = journal_last_seq(vm->j);
+	*cb = vm->cu_base;
+	*ce = vm->cu_end;
+	pthread_mutex_unlock(&vm->d->mu);
 }
 
 /* The DR site holds every chunk: the map has done its work. */
@@ -483,8 +546,13 @@ maybe_end_catchup(struct pvm *vm)
 		journal_abort(vm->j);
 		return;
 	}
-	memset(vm->marked, 0, (size_t)(vm->nchunks + 7) / 8);
-	__atomic_store_n(&vm->cu_base, 0, __ATOMIC_RELEASE);
+	if (vm->marked)
+		memset(vm->marked, 0, (size_t)(vm->nchunks + 7) / 8);
+	vm->npend_marks = 0;	/* their bits went with the map */
+	pthread_mutex_lock(&vm->d->mu);
+	vm->cu_base = 0;
+	vm->cu_end = 0;
+	pthread_mutex_unlock(&vm->d->mu);
 	log_info("vm %s: catch-up complete", vm->cfg->name);
 }
 
@@ -651,7 +719,7 @@ vm_cut_point(struct pvm *vm, enum point_kind kind, const char *label,
 		/* the changes since the last point are not all journaled:
 		 * the catch-up ends with a point */
 		vm->point_deferred = 1;
-		if (label && label[0])
+		if (label && label[0] && label != vm->deferred_label)
 			snprintf(vm->deferred_label,
 			    sizeof(vm->deferred_label), "%s", label);
 		if (vm->overflow)
@@ -740,10 +808,11 @@ vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a, uint64_t b)
 			break;
 		/* The first point: all disks as of the end of the copy. */
 		vm->point_deferred = 0;
-		vm_cut_point(vm, POINT_CRASH, vm->deferred_label[0] ?
+		if (vm_cut_point(vm, POINT_CRASH, vm->deferred_label[0] ?
 		    vm->deferred_label : "initial copy", NULL, err,
-		    sizeof(err));
-		vm->deferred_label[0] = '\0';
+		    sizeof(err)) != 0)
+			vm->deferred_label[0] = '\0';
+		/* else deferred again (over quota): the label waits too */
 		break;
 	case SM_ACK:
 		vm_acked(vm, a, b);
@@ -832,13 +901,17 @@ vm_tick(struct pvm *vm, int64_t now)
 		    journal_set(vm->j, JM_APPLIED, vm->written_seq) != 0 ||
 		    journal_set(vm->j, JM_ACKED, vm->acked_seq) != 0 ||
 		    journal_set(vm->j, JM_ACKED_POINT, vm->acked_point) != 0 ||
-		    journal_commit(vm->j) != 0 || journal_sync(vm->j) != 0 ||
+		    journal_commit(vm->j) != 0 || vm_journal_sync(vm) != 0 ||
 		    journal_trim(vm->j, upto) < 0)
 			log_warnx("vm %s: trim: %s", vm->cfg->name,
 			    journal_error(vm->j));
 		if (vm->acked_point > 1000)
 			journal_forget_points(vm->j, vm->acked_point - 1000);
 	}
+	/* marks of the last second become durable: the fast path may use
+	 * them */
+	if (vm->npend_marks && vm->nops == 0 && vm_journal_sync(vm) != 0)
+		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 	maybe_start_catchup(vm);
 	maybe_end_catchup(vm);
 }
