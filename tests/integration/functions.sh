@@ -202,6 +202,17 @@ wait_replica_point() {
 	return 1
 }
 
+# settle VM: cut a point and wait until the DR site holds it.  A point is
+# refused while a catch-up is under way, so this retries for up to 2 min.
+settle() {
+	local _
+	for _ in $(seq 240); do
+		ra checkpoint "$1" --wait >/dev/null 2>&1 && return 0
+		sleep 0.5
+	done
+	return 1
+}
+
 # two_sites_setup SIZE [INTERVAL] [KEEP]: sshd, configs, a disk with some
 # data and holes, both daemons, initial copy done (point 1 on the DR).
 two_sites_setup() {

@@ -19,16 +19,7 @@ wait_replica_point 1 || die "initial copy did not complete"
 fio --name=load --ioengine=nbd --uri="$(URI_A)" --rw=randwrite --bs=4k \
     --iodepth=32 --size=256M --time_based --runtime=8 --refill_buffers \
     >"$T/fio.log" 2>&1 || die "fio failed: $(tail -n 3 "$T/fio.log")"
-# a point once the last catch-up is sent (refused until then)
-settled=
-for _ in $(seq 240); do
-	if ra checkpoint web01 --wait >/dev/null 2>&1; then
-		settled=1
-		break
-	fi
-	sleep 0.5
-done
-check "replication settles after the load" test -n "$settled"
+check "replication settles after the load" settle web01
 n=$(grep -c "catch-up of" "$T/a.log" || true)
 echo "     $n catch-up(s), $(grep -c "tracked in a dirty map" "$T/a.log" || true) overflow(s)"
 check "the load went past the quota and caught up" test "$n" -ge 1
