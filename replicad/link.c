@@ -591,21 +591,7 @@ link_kick(struct link *l)
 		link_step(l);
 }
 
-static void
-wake_cb(evutil_socket_t fd, short ev, void *arg)
-{
-	struct link *l = arg;
-
-	(void)fd;
-	(void)ev;
-	__atomic_store_n(&l->wake_pending, 0, __ATOMIC_RELEASE);
-	if (l->st != L_READY)
-		return;
-	ship_pump(l);
-	if (l->st == L_READY)
-		link_step(l);
-}
-
+/* Pump what the VMs have, then move it (a timer or a wake-up). */
 static void
 later_cb(evutil_socket_t fd, short ev, void *arg)
 {
@@ -619,6 +605,16 @@ later_cb(evutil_socket_t fd, short ev, void *arg)
 	if (l->st == L_READY)
 		link_step(l);
 }
+
+static void
+wake_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct link *l = arg;
+
+	__atomic_store_n(&l->wake_pending, 0, __ATOMIC_RELEASE);
+	later_cb(fd, ev, l);
+}
+
 
 /* Its own timer: a capped VM must not hold up the wakes of the others. */
 void

@@ -202,6 +202,14 @@ wait_replica_point() {
 	return 1
 }
 
+# fo_check POINT EXPECTED_IMAGE WHAT: fail web01 over to POINT on the DR
+# site, check the disk equals EXPECTED_IMAGE, and cancel.
+fo_check() {
+	rb --json failover web01 --point "$1" >"$T/fo.json"
+	check "$3" cmp "$2" "$(jget disks 0 path <"$T/fo.json")"
+	rb cancel web01 >/dev/null
+}
+
 # settle VM: cut a point and wait until the DR site holds it.  A point is
 # refused while a catch-up is under way, so this retries for up to 2 min.
 settle() {

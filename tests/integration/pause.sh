@@ -37,12 +37,7 @@ ra checkpoint web01 --wait >/dev/null
 check "after resume the DR site has the new point" test "$(dr_point)" -gt "$p3"
 check "status is replicating again" test "$(st state)" = replicating
 stop_a
-fo() {	# fo POINT EXPECTED_IMAGE WHAT
-	rb --json failover web01 --point "$1" >"$T/fo.json"
-	check "$3" cmp "$2" "$(jget disks 0 path <"$T/fo.json")"
-	rb cancel web01 >/dev/null
-}
-fo "$p2" "$T/p2.img" "point $p2, cut while paused, fails over exactly"
-fo "$p3" "$T/p3.img" "point $p3, cut while paused, fails over exactly"
-fo latest "$T/a/web01.img" "the latest point equals the primary"
+fo_check "$p2" "$T/p2.img" "point $p2, cut while paused, fails over exactly"
+fo_check "$p3" "$T/p3.img" "point $p3, cut while paused, fails over exactly"
+fo_check latest "$T/a/web01.img" "the latest point equals the primary"
 finish

@@ -82,12 +82,7 @@ check "the history from before the outage is kept (points 2 and $p3)" \
 	sh -c "echo ' $pts ' | grep -q ' 2 ' && echo ' $pts ' | grep -q ' $p3 '"
 stop_a	# the primary's image is final now
 
-fo() {	# fo POINT EXPECTED_IMAGE WHAT
-	rb --json failover web01 --point "$1" >"$T/fo.json"
-	check "$3" cmp "$2" "$(jget disks 0 path <"$T/fo.json")"
-	rb cancel web01 >/dev/null
-}
-fo latest "$T/a/web01.img" "the latest point equals the primary"
-fo 2 "$T/p2.img" "point 2 (before the outage) fails over exactly"
-fo "$p3" "$T/p3.img" "point $p3 (journaled before the quota) fails over exactly"
+fo_check latest "$T/a/web01.img" "the latest point equals the primary"
+fo_check 2 "$T/p2.img" "point 2 (before the outage) fails over exactly"
+fo_check "$p3" "$T/p3.img" "point $p3 (journaled before the quota) fails over exactly"
 finish
