@@ -110,7 +110,7 @@ decode_fails(const uint8_t *f, size_t len, const char *want)
 	if (m != NULL) {
 		replication__msg__free_unpacked(m, NULL);
 		fail_msg("frame_decode accepted a bad frame (want '%s')",
-		    want);
+		    want ? want : "any error");
 	}
 	assert_true(strlen(err) > 0);
 	if (want && strstr(err, want) == NULL)
