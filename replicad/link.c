@@ -397,7 +397,7 @@ pump(struct link *l)
 	ssize_t n;
 
 	for (int round = 0; round < 64; round++) {
-		int moved = 0;
+		int moved = 0, shut = 0;
 
 		/* outbound */
 		while (evbuffer_get_length(l->out) > 0) {
@@ -408,8 +408,13 @@ pump(struct link *l)
 				len = IO_CHUNK;
 			p = evbuffer_pullup(l->out, (ssize_t)len);
 			n = libssh2_channel_write(l->chan, (char *)p, len);
-			if (n == LIBSSH2_ERROR_EAGAIN)
+			if (n == LIBSSH2_ERROR_EAGAIN) {
+				/* the peer's window is shut: the socket is
+				 * not what we wait for */
+				shut = libssh2_channel_window_write(
+				    l->chan) == 0;
 				break;
+			}
 			if (n < 0) {
 				sess_fail(l, "send");
 				return;
@@ -438,6 +443,10 @@ pump(struct link *l)
 			evbuffer_add(l->in, l->iobuf, (size_t)n);
 			moved = 1;
 		}
+		/* reading may have taken in the window adjust: no socket
+		 * event will come for it, so write again now */
+		if (shut && libssh2_channel_window_write(l->chan) > 0)
+			moved = 1;
 		/* the remote command's complaints */
 		while ((n = libssh2_channel_read_stderr(l->chan,
 		    (char *)l->iobuf, IO_CHUNK - 1)) > 0) {
