@@ -178,12 +178,40 @@ restore_redo(struct store *s)
 	return 0;
 }
 
+/* Whether point Q has undo records. */
+static int
+has_undo(struct store *s, uint64_t q, int *has)
+{
+	uint8_t pre[8];
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k = { 8, pre }, d;
+	int rc;
+
+	kv_put64(pre, q);
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return sfail(s, "failover: %s", mdb_strerror(rc));
+	if ((rc = mdb_cursor_open(txn, s->undo, &cur)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "failover: %s", mdb_strerror(rc));
+	}
+	rc = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE);
+	*has = rc == 0 && k.mv_size >= 8 && memcmp(k.mv_data, pre, 8) == 0;
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return sfail(s, "failover: %s", mdb_strerror(rc));
+	return 0;
+}
+
 int
 store_failover(struct store *s, uint64_t id)
 {
 	struct store_point *pts, target;
 	uint8_t *merging;
 	size_t n;
+	uint64_t held;
+	int ahead;
 
 	if (s->info.state == STORE_FAILEDOVER)
 		return sfail(s, "already failed over to point %llu (commit "
@@ -197,9 +225,14 @@ store_failover(struct store *s, uint64_t id)
 	if (store_find_point(s, id, &target) != 1)
 		return sfail(s, "no recovery point %llu",
 		    (unsigned long long)id);
+	/* writes applied ahead of the next point are taken back first
+	 * (kept as redo records for a cancel like the rest) */
+	if (store_stage_sync(s, &held) != 0 ||
+	    has_undo(s, s->info.last_point, &ahead) != 0)
+		return -1;
 	s->info.state = STORE_FAILEDOVER;
 	s->info.failover_point = id;
-	s->rolling = id != s->info.last_point;
+	s->rolling = id != s->info.last_point || ahead;
 	if (commit_info(s) != 0)
 		return -1;
 	if (!s->rolling)
@@ -207,7 +240,7 @@ store_failover(struct store *s, uint64_t id)
 	if (pt_load(s, &pts, &merging, &n) != 0)
 		return -1;
 	for (size_t i = n; i-- > 0;) {
-		if (pts[i].id >= s->info.last_point || pts[i].id < id)
+		if (pts[i].id > s->info.last_point || pts[i].id < id)
 			continue;
 		if (play_undo(s, pts[i].id) != 0) {
 			free(pts);

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,7 @@ save_info(struct store *s, MDB_txn *txn)
 	if ((rc = kv_put_u64(txn, s->meta, "state", s->info.state)) ||
 	    (rc = kv_put_u64(txn, s->meta, "epoch", s->info.epoch)) ||
 	    (rc = kv_put_u64(txn, s->meta, "applied", s->info.applied_seq)) ||
+	    (rc = kv_put_u64(txn, s->meta, "img", s->img_dur)) ||
 	    (rc = kv_put_u64(txn, s->meta, "last_point",
 	    s->info.last_point)) ||
 	    (rc = kv_put_u64(txn, s->meta, "failover_point",
@@ -95,6 +97,7 @@ load_info(struct store *s, MDB_txn *txn)
 	s->info.state = (enum store_state)v;
 	kv_get_u64(txn, s->meta, "epoch", &s->info.epoch, 0);
 	kv_get_u64(txn, s->meta, "applied", &s->info.applied_seq, 0);
+	kv_get_u64(txn, s->meta, "img", &s->img_dur, 0);
 	kv_get_u64(txn, s->meta, "last_point", &s->info.last_point, 0);
 	kv_get_u64(txn, s->meta, "failover_point", &s->info.failover_point,
 	    0);
@@ -502,8 +505,7 @@ store_open(const char *dir, char *err, size_t errlen)
 	for (size_t i = 0; i < STORE_MAX_DISKS; i++)
 		s->fds[i] = -1;
 	if ((s->dir = strdup(dir)) == NULL ||
-	    (s->buf = malloc(CHUNK_BYTES + STORE_BLOCK)) == NULL ||
-	    (s->rbuf = malloc(RUN_BLOCKS * STORE_BLOCK)) == NULL) {
+	    (s->buf = malloc(CHUNK_BYTES + STORE_BLOCK)) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -542,6 +544,12 @@ store_open(const char *dir, char *err, size_t errlen)
 		goto fail;
 	free(path);
 	path = NULL;
+	/* what was applied ahead of the latest point and not made durable
+	 * before a restart comes again, from the stage or the primary, and
+	 * is applied again: idempotent */
+	if (s->img_dur < s->info.applied_seq)
+		s->img_dur = s->info.applied_seq;
+	s->img_seq = s->img_dur;
 	s->cur_disk = s->info.sync_disk;
 	s->cur_off = s->info.sync_off;
 	s->cur_base = s->info.sync_base;
@@ -569,7 +577,8 @@ store_close(struct store *s)
 		mdb_env_close(s->env);
 	}
 	free(s->buf);
-	free(s->rbuf);
+	free(s->mem);
+	free(s->mbuf);
 	free(s->dir);
 	free(s);
 }
@@ -584,7 +593,7 @@ store_info(struct store *s, struct store_info *out)
 uint64_t
 store_staged_bytes(struct store *s)
 {
-	return journal_bytes(s->stage);
+	return journal_bytes(s->stage) + s->memused;
 }
 
 uint64_t
@@ -592,7 +601,9 @@ store_held_seq(struct store *s)
 {
 	uint64_t st = journal_last_seq(s->stage);
 
-	return st > s->info.applied_seq ? st : s->info.applied_seq;
+	if (st < s->info.applied_seq)
+		st = s->info.applied_seq;
+	return st > s->img_dur ? st : s->img_dur;
 }
 
 /* ------------------------------------------------------------------ */
@@ -625,6 +636,9 @@ store_begin_sync(struct store *s, uint64_t epoch,
 	s->info.state = STORE_SYNCING;
 	s->info.epoch = epoch;
 	s->info.applied_seq = 0;
+	s->img_seq = s->img_dur = 0;
+	s->ahead_bytes = 0;
+	s->nmem = s->memused = 0;
 	s->info.last_point = 0;
 	s->info.failover_point = 0;
 	s->info.sync_done = 0;
@@ -731,6 +745,8 @@ store_sync_done(struct store *s, uint64_t base_seq)
 		return -1;
 	s->info.state = STORE_NORMAL;
 	s->info.applied_seq = base_seq;
+	s->img_seq = s->img_dur = base_seq;
+	s->ahead_bytes = 0;
 	s->info.sync_done = s->info.sync_total;
 	return commit_info(s);
 }
@@ -739,45 +755,103 @@ store_sync_done(struct store *s, uint64_t base_seq)
 /* staging and applying */
 
 static int precapture(struct store *s, const struct jentry *e, size_t n);
+static int mem_flush(struct store *s);
+
+/* Hold entry E in memory (applying what is held when full). */
+static int
+mem_add(struct store *s, const struct jentry *e)
+{
+	struct jentry *m;
+
+	if (e->type == JE_WRITE && s->nmem > 0 &&
+	    s->memused + e->length > CHUNK_BYTES && mem_flush(s) != 0)
+		return -1;
+	if (s->mbuf == NULL && (s->mbuf = malloc(CHUNK_BYTES)) == NULL)
+		return sfail(s, "out of memory");
+	if (s->nmem == s->capmem) {
+		size_t ncap = s->capmem ? s->capmem * 2 : 1024;
+		struct jentry *nm = realloc(s->mem, ncap * sizeof(*nm));
+
+		if (nm == NULL)
+			return sfail(s, "out of memory");
+		s->mem = nm;
+		s->capmem = ncap;
+	}
+	m = &s->mem[s->nmem++];
+	*m = *e;
+	m->data = NULL;
+	if (e->type == JE_WRITE) {
+		memcpy(s->mbuf + s->memused, e->data, e->length);
+		m->data = s->mbuf + s->memused;
+		s->memused += e->length;
+	}
+	return 0;
+}
 
 int
 store_stage(struct store *s, const struct jentry *e, size_t n)
 {
 	uint64_t held = store_held_seq(s);
+	size_t i = 0;
 
+	/* in the images or in memory already (sent again after a drop) */
+	if (s->img_seq > held)
+		held = s->img_seq;
+	if (s->nmem > 0 && s->mem[s->nmem - 1].seq > held)
+		held = s->mem[s->nmem - 1].seq;
 	if (s->info.state == STORE_NEW || s->info.state == STORE_SYNCING)
 		return sfail(s, "journal entries before the initial copy "
 		    "completed");
 	if (s->info.state == STORE_COMMITTED)
 		return sfail(s, "replica was failed over and committed");
-	for (size_t i = 0; i < n; i++) {
-		if (e[i].type == JE_POINT)
+	for (size_t k = 0; k < n; k++) {
+		if (e[k].type == JE_POINT)
 			continue;
-		if (e[i].type != JE_WRITE && e[i].type != JE_ZERO)
+		if (e[k].type != JE_WRITE && e[k].type != JE_ZERO)
 			return sfail(s, "entry %llu: unknown type",
-			    (unsigned long long)e[i].seq);
-		if (e[i].type == JE_WRITE && e[i].length > STORE_MAX_ENTRY)
+			    (unsigned long long)e[k].seq);
+		if (e[k].type == JE_WRITE && e[k].length > STORE_MAX_ENTRY)
 			return sfail(s, "entry %llu of %u bytes over the %u cap",
-			    (unsigned long long)e[i].seq, e[i].length,
+			    (unsigned long long)e[k].seq, e[k].length,
 			    STORE_MAX_ENTRY);
-		if (check_range(s, e[i].disk, e[i].offset, e[i].length) != 0)
+		if (check_range(s, e[k].disk, e[k].offset, e[k].length) != 0)
+			return -1;
+	}
+	/*
+	 * Nothing staged waits to be applied: writes go to the images from
+	 * memory, without the stage (which would write them twice more).
+	 * What is in memory is not durable and not acknowledged; a crash
+	 * loses it and the primary sends it again.
+	 */
+	if (s->info.state == STORE_NORMAL &&
+	    journal_last_seq(s->stage) <= s->img_seq) {
+		for (; i < n && e[i].type != JE_POINT; i++) {
+			if (e[i].seq <= held)
+				continue;
+			if (mem_add(s, &e[i]) != 0)
+				return -1;
+			held = e[i].seq;
+		}
+		if (i == n)
+			return 0;
+		if (mem_flush(s) != 0)	/* the stage follows the images */
 			return -1;
 	}
 	if (journal_begin(s->stage) != 0)
 		return sfail(s, "%s", journal_error(s->stage));
-	for (size_t i = 0; i < n; i++) {
-		if (e[i].seq <= held)
+	for (size_t k = i; k < n; k++) {
+		if (e[k].seq <= held)
 			continue;
-		if (journal_put(s->stage, &e[i]) != 0) {
+		if (journal_put(s->stage, &e[k]) != 0) {
 			journal_abort(s->stage);
 			return sfail(s, "stage: %s", journal_error(s->stage));
 		}
-		held = e[i].seq;
+		held = e[k].seq;
 	}
 	if (journal_commit(s->stage) != 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
 	if (s->info.state == STORE_NORMAL && s->info.last_point &&
-	    precapture(s, e, n) != 0)
+	    precapture(s, e + i, n - i) != 0)
 		return -1;
 	return 0;
 }
@@ -785,8 +859,21 @@ store_stage(struct store *s, const struct jentry *e, size_t n)
 int
 store_stage_sync(struct store *s, uint64_t *seq)
 {
+	if (mem_flush(s) != 0)
+		return -1;
 	if (journal_sync(s->stage) != 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
+	if (s->img_seq > s->img_dur) {
+		uint64_t was = s->img_dur;
+
+		if (sync_disks(s) != 0)
+			return -1;
+		s->img_dur = s->img_seq;
+		if (commit_info(s) != 0) {
+			s->img_dur = was;
+			return -1;
+		}
+	}
 	*seq = store_held_seq(s);
 	return 0;
 }
@@ -845,63 +932,94 @@ collect(const struct jentry *e, void *arg)
 	return 0;
 }
 
-/* Save the before-image of every block the chunk touches, first touch
- * only, as undo records of point FROM; commit durably. */
-/* Capture blocks [b0, b1] of DISK not captured yet: one read for the
- * span of those that need it. */
+/*
+ * Before-images.  The blocks a chunk touches that have no undo record yet
+ * are gathered, sorted and merged into runs, and the runs are read by a
+ * few threads at once: with the page cache cold these are random reads,
+ * and one at a time they bound how fast the DR site keeps up.
+ */
+struct cblk {
+	uint32_t disk;
+	uint64_t blk;
+};
+
+struct crun {
+	uint32_t disk;
+	uint64_t off;		/* in the image */
+	size_t len, at;		/* bytes, and where they go in the buffer */
+	int err;		/* errno of a failed read */
+};
+
+struct cread {
+	struct store *s;
+	struct crun *runs;
+	size_t nruns;
+	uint8_t *buf;
+	size_t next;		/* next run to read (atomic) */
+};
+
 static int
-capture_run(struct store *s, MDB_txn *txn, MDB_cursor *cur,
-    const uint8_t *pre, uint32_t disk, uint64_t b0, uint64_t b1)
+cblk_cmp(const void *a, const void *b)
 {
-	uint8_t need[RUN_BLOCKS];
-	uint64_t first = UINT64_MAX, last = 0, size = s->info.disks[disk].size;
-	int rc;
+	const struct cblk *x = a, *y = b;
 
-	for (uint64_t b = b0; b <= b1; b++) {
-		int ex = br_exists_at(cur, pre, 8, disk, b);
+	if (x->disk != y->disk)
+		return x->disk < y->disk ? -1 : 1;
+	return x->blk < y->blk ? -1 : x->blk > y->blk;
+}
 
-		if (ex < 0)
-			return sfail(s, "undo: lookup failed");
-		need[b - b0] = !ex;
-		if (!ex) {
-			if (first == UINT64_MAX)
-				first = b;
-			last = b;
-		}
+static void *
+cread_worker(void *arg)
+{
+	struct cread *r = arg;
+	size_t i;
+
+	while ((i = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED)) <
+	    r->nruns) {
+		struct crun *u = &r->runs[i];
+
+		if (pread_full(r->s->fds[u->disk], r->buf + u->at, u->len,
+		    u->off) != 0)
+			u->err = errno ? errno : EIO;
 	}
-	if (first == UINT64_MAX)
-		return 0;
-	{
-		uint64_t off = first * STORE_BLOCK;
-		uint64_t end = (last + 1) * STORE_BLOCK < size ?
-		    (last + 1) * STORE_BLOCK : size;
+	return NULL;
+}
 
-		if (pread_full(s->fds[disk], s->rbuf, end - off, off) != 0)
-			return sfail(s, "read %s: %s", s->paths[disk],
-			    strerror(errno));
-		for (uint64_t b = first; b <= last; b++) {
-			uint64_t bo = b * STORE_BLOCK;
-			size_t len = end - bo < STORE_BLOCK ? end - bo :
-			    STORE_BLOCK;
+/* Read every run, with up to CAPTURE_THREADS threads. */
+static int
+read_runs(struct store *s, struct crun *runs, size_t nruns, uint8_t *buf)
+{
+	struct cread r = { s, runs, nruns, buf, 0 };
+	pthread_t th[CAPTURE_THREADS];
+	size_t nth = nruns / 4 < CAPTURE_THREADS ? nruns / 4 :
+	    CAPTURE_THREADS, started = 0;
 
-			if (!need[b - b0])
-				continue;
-			if ((rc = br_put(txn, s->undo, pre, 8, disk, b,
-			    s->rbuf + (bo - off), len)) != 0)
-				return sfail(s, "undo: %s", mdb_strerror(rc));
-		}
-	}
+	for (; started < nth; started++)
+		if (pthread_create(&th[started], NULL, cread_worker, &r) != 0)
+			break;
+	cread_worker(&r);
+	for (size_t i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	for (size_t i = 0; i < nruns; i++)
+		if (runs[i].err)
+			return sfail(s, "read %s: %s", s->paths[runs[i].disk],
+			    strerror(runs[i].err));
 	return 0;
 }
 
+/* Save the before-image of every block the chunk touches, first touch
+ * only, as undo records of point FROM; commit (and with SYNC, sync). */
 static int
 capture_undo(struct store *s, const struct chunk *c, uint64_t from,
     int sync)
 {
-	uint8_t pre[8];
+	uint8_t pre[8], *buf = NULL;
+	struct cblk *bl = NULL;
+	struct crun *runs = NULL;
+	size_t nb = 0, cap = 0, nruns = 0, total = 0;
 	MDB_txn *txn;
 	MDB_cursor *cur;
-	int rc;
+	int rc, r = -1;
 
 	kv_put64(pre, from);
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
@@ -912,29 +1030,102 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from,
 	}
 	for (size_t i = 0; i < c->n; i++) {
 		const struct jentry *e = &c->e[i];
-		uint64_t b0, b1;
 
 		if (e->length == 0)
 			continue;
-		b0 = e->offset / STORE_BLOCK;
-		b1 = (e->offset + e->length - 1) / STORE_BLOCK;
-		for (uint64_t b = b0; b <= b1; b += RUN_BLOCKS) {
-			uint64_t be = b1 - b >= RUN_BLOCKS ?
-			    b + RUN_BLOCKS - 1 : b1;
+		for (uint64_t b = e->offset / STORE_BLOCK;
+		    b <= (e->offset + e->length - 1) / STORE_BLOCK; b++) {
+			int ex = br_exists_at(cur, pre, 8, e->disk, b);
 
-			if (capture_run(s, txn, cur, pre, e->disk, b,
-			    be) != 0) {
-				mdb_cursor_close(cur);
-				mdb_txn_abort(txn);
-				return -1;
+			if (ex < 0) {
+				sfail(s, "undo: lookup failed");
+				goto out;
 			}
+			if (ex)
+				continue;
+			if (nb == cap) {
+				void *nbl;
+
+				cap = cap ? cap * 2 : 256;
+				if ((nbl = realloc(bl, cap * sizeof(*bl))) ==
+				    NULL) {
+					sfail(s, "out of memory");
+					goto out;
+				}
+				bl = nbl;
+			}
+			bl[nb].disk = e->disk;
+			bl[nb++].blk = b;
 		}
 	}
 	mdb_cursor_close(cur);
-	if ((rc = mdb_txn_commit(txn)) != 0 ||
-	    (sync && (rc = mdb_env_sync(s->env, 1)) != 0))
-		return sfail(s, "undo commit: %s", mdb_strerror(rc));
-	return 0;
+	cur = NULL;
+	if (nb > 0) {
+		size_t u = 0;
+
+		qsort(bl, nb, sizeof(*bl), cblk_cmp);
+		for (size_t i = 0; i < nb; i++)	/* touched twice: once */
+			if (u == 0 || cblk_cmp(&bl[u - 1], &bl[i]) != 0)
+				bl[u++] = bl[i];
+		nb = u;
+		if ((runs = calloc(nb, sizeof(*runs))) == NULL ||
+		    (buf = malloc(nb * STORE_BLOCK)) == NULL) {
+			sfail(s, "out of memory");
+			goto out;
+		}
+		for (size_t i = 0; i < nb; i++) {
+			uint64_t size = s->info.disks[bl[i].disk].size;
+			uint64_t off = bl[i].blk * STORE_BLOCK;
+			size_t len = size - off < STORE_BLOCK ? size - off :
+			    STORE_BLOCK;
+			struct crun *last = nruns ? &runs[nruns - 1] : NULL;
+
+			if (last && last->disk == bl[i].disk &&
+			    last->off + last->len == off &&
+			    last->len < RUN_BLOCKS * STORE_BLOCK) {
+				last->len += len;
+			} else {
+				runs[nruns].disk = bl[i].disk;
+				runs[nruns].off = off;
+				runs[nruns].len = len;
+				runs[nruns++].at = total;
+			}
+			total += len;
+		}
+		if (read_runs(s, runs, nruns, buf) != 0)
+			goto out;
+		for (size_t i = 0, at = 0; i < nb; i++) {
+			uint64_t size = s->info.disks[bl[i].disk].size;
+			uint64_t off = bl[i].blk * STORE_BLOCK;
+			size_t len = size - off < STORE_BLOCK ? size - off :
+			    STORE_BLOCK;
+
+			if ((rc = br_put(txn, s->undo, pre, 8, bl[i].disk,
+			    bl[i].blk, buf + at, len)) != 0) {
+				sfail(s, "undo: %s", mdb_strerror(rc));
+				goto out;
+			}
+			at += len;
+		}
+	}
+	rc = mdb_txn_commit(txn);
+	txn = NULL;
+	if (rc == 0 && sync)
+		rc = mdb_env_sync(s->env, 1);
+	if (rc != 0) {
+		sfail(s, "undo commit: %s", mdb_strerror(rc));
+		goto out;
+	}
+	r = 0;
+out:
+	if (cur)
+		mdb_cursor_close(cur);
+	if (txn)
+		mdb_txn_abort(txn);
+	free(bl);
+	free(runs);
+	free(buf);
+	return r;
 }
 
 /*
@@ -970,19 +1161,44 @@ write_chunk(struct store *s, const struct chunk *c)
 	return 0;
 }
 
-/* Apply the staged interval ending with the point at seq UPTO. */
+/* Apply the entries held in memory (before-images first, synced). */
 static int
-apply_point(struct store *s, const struct jentry *marker)
+mem_flush(struct store *s)
 {
 	struct chunk c;
-	struct store_point p;
-	uint64_t from = s->info.applied_seq + 1, bytes = 0;
-	MDB_txn *txn;
-	int rc;
+
+	if (s->nmem == 0)
+		return 0;
+	memset(&c, 0, sizeof(c));
+	c.s = s;
+	c.e = s->mem;
+	c.n = s->nmem;
+	if ((s->info.last_point &&
+	    capture_undo(s, &c, s->info.last_point, 1) != 0) ||
+	    write_chunk(s, &c) != 0)
+		return -1;
+	s->img_seq = s->mem[s->nmem - 1].seq;
+	s->ahead_bytes += s->memused;
+	s->nmem = 0;
+	s->memused = 0;
+	return 0;
+}
+
+/*
+ * Apply staged entries after img_seq to the images, a chunk at a time:
+ * the before-images first (first touch, committed and synced), then the
+ * images.  Up to and including the marker of point UPTO, or, with UPTO 0,
+ * every staged write before the next marker (applying ahead).
+ */
+static int
+apply_staged(struct store *s, uint64_t upto, uint64_t *bytes)
+{
+	struct chunk c;
+	uint64_t from = s->img_seq + 1;
 
 	memset(&c, 0, sizeof(c));
 	c.s = s;
-	c.upto = marker->seq;
+	c.upto = upto;
 	for (;;) {
 		c.n = 0;
 		c.used = 0;
@@ -996,18 +1212,35 @@ apply_point(struct store *s, const struct jentry *marker)
 			return sfail(s, "stage: out of memory");
 		}
 		for (size_t i = 0; i < c.n; i++)
-			bytes += c.e[i].type == JE_WRITE ? c.e[i].length : 0;
+			*bytes += c.e[i].type == JE_WRITE ? c.e[i].length : 0;
 		if (c.n > 0 && ((s->info.last_point &&
 		    capture_undo(s, &c, s->info.last_point, 1) != 0) ||
 		    write_chunk(s, &c) != 0)) {
 			free(c.e);
 			return -1;
 		}
+		if (c.n > 0)
+			s->img_seq = c.e[c.n - 1].seq;
 		if (c.have_point || c.n == 0)
 			break;
 		from = c.last + 1;
 	}
 	free(c.e);
+	return 0;
+}
+
+/* Apply the staged interval ending with the point at seq UPTO. */
+static int
+apply_point(struct store *s, const struct jentry *marker)
+{
+	struct store_point p;
+	uint64_t bytes = 0;
+	MDB_txn *txn;
+	int rc;
+
+	if (mem_flush(s) != 0 || apply_staged(s, marker->seq, &bytes) != 0)
+		return -1;
+	bytes += s->ahead_bytes;
 	if (sync_disks(s) != 0)
 		return -1;
 	memset(&p, 0, sizeof(p));
@@ -1019,6 +1252,8 @@ apply_point(struct store *s, const struct jentry *marker)
 	snprintf(p.label, sizeof(p.label), "%s", marker->label);
 	s->info.applied_seq = marker->seq;
 	s->info.last_point = marker->point_id;
+	s->img_seq = s->img_dur = marker->seq;
+	s->ahead_bytes = 0;
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
 		return sfail(s, "point: %s", mdb_strerror(rc));
 	if ((rc = pt_put(txn, s->points, &p, 0)) != 0 ||
@@ -1065,6 +1300,20 @@ store_apply(struct store *s)
 		n++;
 	}
 	return n;
+}
+
+int
+store_apply_ahead(struct store *s)
+{
+	uint64_t staged = journal_bytes(s->stage), bytes = 0;
+
+	if (s->info.state != STORE_NORMAL ||
+	    staged < s->ahead_bytes + AHEAD_BYTES)
+		return 0;
+	if (apply_staged(s, 0, &bytes) != 0)
+		return -1;
+	s->ahead_bytes += bytes;
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */

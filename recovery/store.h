@@ -6,12 +6,16 @@
  * LMDB journal holding what arrived but is not yet part of a point), and
  * store/ (LMDB: meta, points, undo, redo).
  *
- * The images always hold the latest complete point.  When a point marker
- * arrives, the staged entries up to it are applied: first the before-image
- * of every 4 KiB block the interval touches is saved as an undo record of
- * the previous point (write-ahead, committed and synced), then the image
- * is written.  A crash anywhere in that is repaired on open by applying
- * again: undo capture is first-touch, and applying the same entries in
+ * Staged entries are applied in order, a chunk at a time: first the
+ * before-image of every 4 KiB block the chunk touches is saved as an undo
+ * record of the latest point (write-ahead, committed and synced), then the
+ * image is written.  Chunks are applied as they arrive (ahead of the
+ * point marker), and the rest when the marker arrives, then the images are
+ * synced and the point recorded.  So the images hold the latest complete
+ * point plus, possibly, writes of the interval under way, which that
+ * point's undo records take back; failover plays them first.  A crash
+ * anywhere in that is repaired on open by applying again from the latest
+ * point: undo capture is first-touch, and applying the same entries in
  * order is idempotent.  An older point is materialised by playing undo
  * records back, newest interval first, in place; what that overwrites is
  * kept as redo records so that cancel restores the latest point.
@@ -111,6 +115,11 @@ int store_stage_sync(struct store *s, uint64_t *seq);
 /* Apply every staged complete point (unless failed over).  Returns the
  * number of points applied or -1. */
 int store_apply(struct store *s);
+/* Apply staged writes of the interval under way to the images once
+ * enough has arrived, so that a point marker finds little left to do.
+ * The images then hold the latest point plus those writes, and the undo
+ * records of the latest point take them back (failover does). */
+int store_apply_ahead(struct store *s);
 /* Bytes of write data staged and not yet part of a point. */
 uint64_t store_staged_bytes(struct store *s);
 /* Highest seq durable (staged or applied). */

@@ -17,6 +17,8 @@
 #define CHUNK_BYTES	(16u << 20)	/* data handled per transaction */
 #define PV_HDR		34		/* point value header */
 #define RUN_BLOCKS	256		/* before-images read with one pread */
+#define CAPTURE_THREADS	8		/* before-image reads at once */
+#define AHEAD_BYTES	(8u << 20)	/* staged data that is applied ahead */
 
 /* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data. */
 #define BR_ZERO 1
@@ -30,10 +32,17 @@ struct store {
 	char *paths[STORE_MAX_DISKS];
 	struct store_info info;
 	uint64_t rolling;	/* a failover playback is under way */
+	uint64_t img_seq;	/* entries up to this are in the images */
+	uint64_t img_dur;	/*   and up to this durably (meta "img") */
+	uint64_t ahead_bytes;	/* of them, bytes after the latest point */
+	/* entries that arrived while nothing was staged, held in memory
+	 * until they are applied (they are not acknowledged before) */
+	struct jentry *mem;
+	size_t nmem, capmem, memused;
+	uint8_t *mbuf;		/* CHUNK_BYTES, their data */
 	uint32_t cur_disk;	/* initial copy cursor, not yet durable */
 	uint64_t cur_off, cur_base;
 	uint8_t *buf;		/* CHUNK_BYTES + a block */
-	uint8_t *rbuf;		/* before-images being captured */
 	char err[512];
 };
 

@@ -474,7 +474,8 @@ on_entries(struct rconn *c, struct ann *an, Replication__Entry **ents,
 				refuse(c, an);
 				break;
 			}
-	} else if (store_stage(an->r->store, je, n) != 0)
+	} else if (store_stage(an->r->store, je, n) != 0 ||
+	    store_apply_ahead(an->r->store) != 0)
 		refuse(c, an);
 	free(je);
 	an->r->unsynced += bytes;

@@ -100,7 +100,7 @@ id=$(ra checkpoint web01 --wait)
 check "replication goes on after the hostile sessions (point $id)" test -n "$id"
 
 # --- a full DR disk ----------------------------------------------------
-if mount -t tmpfs -o size=40M tmpfs "$T/b/replicas" 2>/dev/null; then
+if mount -t tmpfs -o size=24M tmpfs "$T/b/replicas" 2>/dev/null; then
 	trap 'umount -l "$T/b/replicas" 2>/dev/null; cleanup' EXIT
 	stop_a; stop_b
 	rm -rf "$T/a/state"	# a fresh journal: the new replica gets a full copy

@@ -881,6 +881,69 @@ test_resync(void **state)
 	check_all_points(f, "after a resync");
 }
 
+/*
+ * Writes applied ahead of their point: from memory, with nothing staged.
+ * The images then hold the latest point plus those writes; every point
+ * still fails over exactly, a cancel brings the writes back, and what was
+ * only in memory at a crash comes again from the primary.
+ */
+static void
+test_ahead(void **state)
+{
+	struct fx *f = *state;
+	struct batch b = { .n = 0 }, c = { .n = 0 };
+	struct store_info info;
+	uint64_t held, before;
+
+	initial_sync(f);
+	for (int i = 0; i < 3; i++)
+		interval(f, T0 + i);
+	/* in memory: not held durably yet, the images untouched */
+	before = f->seq;
+	gen_entries(f, &b, 20);
+	CHECK(store_stage(f->s, b.e, b.n));
+	assert_int_equal(store_held_seq(f->s), before);
+	check_images(f, f->cur, "writes held in memory");
+	/* acknowledged: applied to the images and durable */
+	CHECK(store_stage_sync(f->s, &held));
+	assert_int_equal(held, f->seq);
+	check_images(f, f->pending, "writes applied ahead of their point");
+	/* every point, the latest included, without those writes */
+	for (uint64_t id = 1; id <= 3; id++) {
+		CHECK(store_failover(f->s, id == 3 ? 0 : id));
+		check_point(f, id, "failover with writes applied ahead");
+		CHECK(store_cancel(f->s));
+		check_images(f, f->pending, "cancel: the writes are back");
+	}
+	/* a durable reopen keeps them */
+	reopen(f);
+	assert_int_equal(store_held_seq(f->s), f->seq);
+	check_images(f, f->pending, "reopened after the acknowledgement");
+	/* more in memory, then a crash: lost, not acknowledged */
+	before = f->seq;
+	gen_entries(f, &c, 20);
+	CHECK(store_stage(f->s, c.e, c.n));
+	reopen(f);
+	assert_int_equal(store_held_seq(f->s), before);
+	/* the primary sends them again (with some it had sent before) */
+	CHECK(store_stage(f->s, b.e + 10, b.n - 10));
+	CHECK(store_stage(f->s, c.e, c.n));
+	batch_free(&b);
+	gen_point(f, &b, T0 + 10);
+	CHECK(store_stage(f->s, b.e, b.n));
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	store_info(f->s, &info);
+	assert_int_equal(info.last_point, 4);
+	assert_int_equal(info.applied_seq, f->seq);
+	check_point(f, 4, "the point after a crash with writes in memory");
+	batch_free(&b);
+	batch_free(&c);
+	interval(f, T0 + 11);
+	reopen(f);
+	check_all_points(f, "after writes applied ahead");
+}
+
 int
 main(void)
 {
@@ -893,6 +956,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_idempotent, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_resync, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ahead, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
