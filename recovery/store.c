@@ -20,13 +20,19 @@
 /* ------------------------------------------------------------------ */
 /* errors, meta */
 
+static __thread int in_flusher;	/* errors go to fl_err */
+static void mem_drop(struct store *s);
+
 int
 sfail(struct store *s, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(s->err, sizeof(s->err), fmt, ap);
+	if (in_flusher)
+		vsnprintf(s->fl_err, sizeof(s->fl_err), fmt, ap);
+	else
+		vsnprintf(s->err, sizeof(s->err), fmt, ap);
 	va_end(ap);
 	return -1;
 }
@@ -569,6 +575,7 @@ store_close(struct store *s)
 {
 	if (s == NULL)
 		return;
+	mem_wait(s);	/* what it did not apply comes again */
 	close_disks(s);
 	if (s->stage)
 		journal_close(s->stage);
@@ -577,8 +584,10 @@ store_close(struct store *s)
 		mdb_env_close(s->env);
 	}
 	free(s->buf);
-	free(s->mem);
-	free(s->mbuf);
+	for (int i = 0; i < 2; i++) {
+		free(s->mc[i].e);
+		free(s->mc[i].buf);
+	}
 	free(s->dir);
 	free(s);
 }
@@ -593,7 +602,7 @@ store_info(struct store *s, struct store_info *out)
 uint64_t
 store_staged_bytes(struct store *s)
 {
-	return journal_bytes(s->stage) + s->memused;
+	return journal_bytes(s->stage) + s->mc[0].used + s->mc[1].used;
 }
 
 uint64_t
@@ -627,6 +636,8 @@ store_begin_sync(struct store *s, uint64_t epoch,
 	if (ndisks == 0 || ndisks > STORE_MAX_DISKS)
 		return sfail(s, "%zu disks: 1 to %d allowed", ndisks,
 		    STORE_MAX_DISKS);
+	mem_wait(s);
+	mem_drop(s);	/* of the lineage being forgotten */
 	if (s->info.state == STORE_FAILEDOVER ||
 	    s->info.state == STORE_COMMITTED)
 		return sfail(s, "replica is %s",
@@ -638,7 +649,6 @@ store_begin_sync(struct store *s, uint64_t epoch,
 	s->info.applied_seq = 0;
 	s->img_seq = s->img_dur = 0;
 	s->ahead_bytes = 0;
-	s->nmem = s->memused = 0;
 	s->info.last_point = 0;
 	s->info.failover_point = 0;
 	s->info.sync_done = 0;
@@ -756,35 +766,53 @@ store_sync_done(struct store *s, uint64_t base_seq)
 
 static int precapture(struct store *s, const struct jentry *e, size_t n);
 static int mem_flush(struct store *s);
+static int mem_flush_start(struct store *s);
 
 /* Hold entry E in memory (applying what is held when full). */
 static int
 mem_add(struct store *s, const struct jentry *e)
 {
-	struct jentry *m;
+	struct memchunk *m = &s->mc[s->mcur];
+	struct jentry *je;
 
-	if (e->type == JE_WRITE && s->nmem > 0 &&
-	    s->memused + e->length > CHUNK_BYTES && mem_flush(s) != 0)
-		return -1;
-	if (s->mbuf == NULL && (s->mbuf = malloc(CHUNK_BYTES)) == NULL)
+	if (e->type == JE_WRITE && m->n > 0 &&
+	    m->used + e->length > CHUNK_BYTES) {
+		if (mem_flush_start(s) != 0)
+			return -1;
+		m = &s->mc[s->mcur];
+	}
+	if (m->buf == NULL && (m->buf = malloc(CHUNK_BYTES)) == NULL)
 		return sfail(s, "out of memory");
-	if (s->nmem == s->capmem) {
-		size_t ncap = s->capmem ? s->capmem * 2 : 1024;
-		struct jentry *nm = realloc(s->mem, ncap * sizeof(*nm));
+	if (m->n == m->cap) {
+		size_t ncap = m->cap ? m->cap * 2 : 1024;
+		struct jentry *ne = realloc(m->e, ncap * sizeof(*ne));
 
-		if (nm == NULL)
+		if (ne == NULL)
 			return sfail(s, "out of memory");
-		s->mem = nm;
-		s->capmem = ncap;
+		m->e = ne;
+		m->cap = ncap;
 	}
-	m = &s->mem[s->nmem++];
-	*m = *e;
-	m->data = NULL;
+	je = &m->e[m->n++];
+	*je = *e;
+	je->data = NULL;
 	if (e->type == JE_WRITE) {
-		memcpy(s->mbuf + s->memused, e->data, e->length);
-		m->data = s->mbuf + s->memused;
-		s->memused += e->length;
+		memcpy(m->buf + m->used, e->data, e->length);
+		je->data = m->buf + m->used;
+		m->used += e->length;
 	}
+	return 0;
+}
+
+/* The last seq held in memory (in either chunk), or 0. */
+static uint64_t
+mem_last(struct store *s)
+{
+	const struct memchunk *m = &s->mc[s->mcur];
+
+	if (m->n > 0)
+		return m->e[m->n - 1].seq;
+	if (s->fl_m != NULL && s->fl_m->n > 0)
+		return s->fl_m->e[s->fl_m->n - 1].seq;
 	return 0;
 }
 
@@ -797,8 +825,8 @@ store_stage(struct store *s, const struct jentry *e, size_t n)
 	/* in the images or in memory already (sent again after a drop) */
 	if (s->img_seq > held)
 		held = s->img_seq;
-	if (s->nmem > 0 && s->mem[s->nmem - 1].seq > held)
-		held = s->mem[s->nmem - 1].seq;
+	if (mem_last(s) > held)
+		held = mem_last(s);
 	if (s->info.state == STORE_NEW || s->info.state == STORE_SYNCING)
 		return sfail(s, "journal entries before the initial copy "
 		    "completed");
@@ -1161,27 +1189,102 @@ write_chunk(struct store *s, const struct chunk *c)
 	return 0;
 }
 
-/* Apply the entries held in memory (before-images first, synced). */
+/*
+ * Entries held in memory are applied by a flusher thread while the next
+ * chunk fills: the undo sync and the image writes wait on the disk, and
+ * the receiving need not.  Only one chunk is applied at a time, in order.
+ * Everything else that touches the images or the undo records waits for
+ * it first (mem_wait), so the flusher has them to itself.
+ */
 static int
-mem_flush(struct store *s)
+apply_mem(struct store *s, const struct memchunk *m)
 {
 	struct chunk c;
 
-	if (s->nmem == 0)
-		return 0;
 	memset(&c, 0, sizeof(c));
 	c.s = s;
-	c.e = s->mem;
-	c.n = s->nmem;
+	c.e = m->e;
+	c.n = m->n;
 	if ((s->info.last_point &&
 	    capture_undo(s, &c, s->info.last_point, 1) != 0) ||
 	    write_chunk(s, &c) != 0)
 		return -1;
-	s->img_seq = s->mem[s->nmem - 1].seq;
-	s->ahead_bytes += s->memused;
-	s->nmem = 0;
-	s->memused = 0;
 	return 0;
+}
+
+static void *
+flusher(void *arg)
+{
+	struct store *s = arg;
+
+	in_flusher = 1;
+	s->fl_rc = apply_mem(s, s->fl_m);
+	return NULL;
+}
+
+/* Forget what is held in memory: none of it was acknowledged. */
+static void
+mem_drop(struct store *s)
+{
+	for (int i = 0; i < 2; i++)
+		s->mc[i].n = s->mc[i].used = 0;
+}
+
+/* Wait for the chunk being applied; its entries are then in the images. */
+int
+mem_wait(struct store *s)
+{
+	struct memchunk *m = s->fl_m;
+
+	if (m == NULL)
+		return 0;
+	if (s->fl_joinable)
+		pthread_join(s->fl_th, NULL);
+	s->fl_m = NULL;
+	s->fl_joinable = 0;
+	if (s->fl_rc != 0) {
+		/* the primary sends it all again after this error */
+		snprintf(s->err, sizeof(s->err), "%s", s->fl_err);
+		mem_drop(s);
+		return -1;
+	}
+	s->img_seq = m->e[m->n - 1].seq;
+	s->ahead_bytes += m->used;
+	m->n = m->used = 0;
+	return 0;
+}
+
+/* Hand the chunk being filled to the flusher, once the one before it is
+ * applied. */
+static int
+mem_flush_start(struct store *s)
+{
+	struct memchunk *m = &s->mc[s->mcur];
+
+	if (m->n == 0)
+		return 0;
+	if (mem_wait(s) != 0)
+		return -1;
+	s->fl_m = m;
+	s->fl_rc = 0;
+	s->fl_err[0] = '\0';
+	s->mcur = !s->mcur;
+	if (pthread_create(&s->fl_th, NULL, flusher, s) == 0) {
+		s->fl_joinable = 1;
+	} else if ((s->fl_rc = apply_mem(s, m)) != 0) {
+		/* no thread: applied here, the error is in s->err */
+		snprintf(s->fl_err, sizeof(s->fl_err), "%s", s->err);
+	}
+	return 0;
+}
+
+/* Apply everything held in memory. */
+static int
+mem_flush(struct store *s)
+{
+	if (mem_flush_start(s) != 0)
+		return -1;
+	return mem_wait(s);
 }
 
 /*
@@ -1310,6 +1413,8 @@ store_apply_ahead(struct store *s)
 	if (s->info.state != STORE_NORMAL ||
 	    staged < s->ahead_bytes + AHEAD_BYTES)
 		return 0;
+	if (mem_wait(s) != 0)
+		return -1;
 	if (apply_staged(s, 0, &bytes) != 0)
 		return -1;
 	s->ahead_bytes += bytes;

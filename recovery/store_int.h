@@ -7,6 +7,7 @@
 #ifndef REPLICAD_STORE_INT_H
 #define REPLICAD_STORE_INT_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <sys/types.h>
 
@@ -23,6 +24,13 @@
 /* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data. */
 #define BR_ZERO 1
 
+struct memchunk {
+	struct jentry *e;
+	size_t n, cap;
+	size_t used;		/* bytes of buf in use */
+	uint8_t *buf;		/* CHUNK_BYTES of entry data */
+};
+
 struct store {
 	char *dir;
 	MDB_env *env;
@@ -36,10 +44,14 @@ struct store {
 	uint64_t img_dur;	/*   and up to this durably (meta "img") */
 	uint64_t ahead_bytes;	/* of them, bytes after the latest point */
 	/* entries that arrived while nothing was staged, held in memory
-	 * until they are applied (they are not acknowledged before) */
-	struct jentry *mem;
-	size_t nmem, capmem, memused;
-	uint8_t *mbuf;		/* CHUNK_BYTES, their data */
+	 * until they are applied (they are not acknowledged before): one
+	 * chunk filling while the flusher thread applies the other */
+	struct memchunk mc[2];
+	int mcur;		/* the chunk being filled */
+	struct memchunk *fl_m;	/* the chunk being applied, or NULL */
+	pthread_t fl_th;
+	int fl_joinable, fl_rc;
+	char fl_err[512];	/* the flusher's error */
 	uint32_t cur_disk;	/* initial copy cursor, not yet durable */
 	uint64_t cur_off, cur_base;
 	uint8_t *buf;		/* CHUNK_BYTES + a block */
@@ -52,6 +64,7 @@ int sfail(struct store *s, const char *fmt, ...)
 int save_info(struct store *s, MDB_txn *txn);
 int commit_info(struct store *s);
 int sync_disks(struct store *s);
+int mem_wait(struct store *s);
 int pwrite_all(struct store *s, uint32_t disk, uint64_t off,
     const void *data, size_t len);
 ssize_t read_block(struct store *s, uint32_t disk, uint64_t blk,
