@@ -435,6 +435,8 @@ store_retain(struct store *s, const struct retain_rule *rules,
 	*dropped = 0;
 	if (s->info.state != STORE_NORMAL || nrules == 0)
 		return 0;
+	if (mem_wait(s) != 0)
+		return -1;
 	if (pt_load(s, &pts, &merging, &n) != 0)
 		return -1;
 	times = calloc(n ? n : 1, sizeof(*times));

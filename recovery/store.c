@@ -76,6 +76,7 @@ save_info(struct store *s, MDB_txn *txn)
 	    (rc = kv_put_u64(txn, s->meta, "epoch", s->info.epoch)) ||
 	    (rc = kv_put_u64(txn, s->meta, "applied", s->info.applied_seq)) ||
 	    (rc = kv_put_u64(txn, s->meta, "img", s->img_dur)) ||
+	    (rc = kv_put_u64(txn, s->meta, "img_bytes", s->ahead_dur)) ||
 	    (rc = kv_put_u64(txn, s->meta, "last_point",
 	    s->info.last_point)) ||
 	    (rc = kv_put_u64(txn, s->meta, "failover_point",
@@ -104,6 +105,7 @@ load_info(struct store *s, MDB_txn *txn)
 	kv_get_u64(txn, s->meta, "epoch", &s->info.epoch, 0);
 	kv_get_u64(txn, s->meta, "applied", &s->info.applied_seq, 0);
 	kv_get_u64(txn, s->meta, "img", &s->img_dur, 0);
+	kv_get_u64(txn, s->meta, "img_bytes", &s->ahead_dur, 0);
 	kv_get_u64(txn, s->meta, "last_point", &s->info.last_point, 0);
 	kv_get_u64(txn, s->meta, "failover_point", &s->info.failover_point,
 	    0);
@@ -553,9 +555,13 @@ store_open(const char *dir, char *err, size_t errlen)
 	/* what was applied ahead of the latest point and not made durable
 	 * before a restart comes again, from the stage or the primary, and
 	 * is applied again: idempotent */
-	if (s->img_dur < s->info.applied_seq)
+	if (s->img_dur <= s->info.applied_seq) {
 		s->img_dur = s->info.applied_seq;
+		s->ahead_dur = 0;
+	}
 	s->img_seq = s->img_dur;
+	s->ahead_bytes = s->ahead_dur;
+	s->stage_pending = journal_bytes(s->stage);
 	s->cur_disk = s->info.sync_disk;
 	s->cur_off = s->info.sync_off;
 	s->cur_base = s->info.sync_base;
@@ -648,7 +654,8 @@ store_begin_sync(struct store *s, uint64_t epoch,
 	s->info.epoch = epoch;
 	s->info.applied_seq = 0;
 	s->img_seq = s->img_dur = 0;
-	s->ahead_bytes = 0;
+	s->ahead_bytes = s->ahead_dur = s->stage_pending = 0;
+	s->gap = 0;
 	s->info.last_point = 0;
 	s->info.failover_point = 0;
 	s->info.sync_done = 0;
@@ -756,7 +763,7 @@ store_sync_done(struct store *s, uint64_t base_seq)
 	s->info.state = STORE_NORMAL;
 	s->info.applied_seq = base_seq;
 	s->img_seq = s->img_dur = base_seq;
-	s->ahead_bytes = 0;
+	s->ahead_bytes = s->ahead_dur = s->stage_pending = 0;
 	s->info.sync_done = s->info.sync_total;
 	return commit_info(s);
 }
@@ -767,6 +774,20 @@ store_sync_done(struct store *s, uint64_t base_seq)
 static int precapture(struct store *s, const struct jentry *e, size_t n);
 static int mem_flush(struct store *s);
 static int mem_flush_start(struct store *s);
+
+static int
+gap_error(struct store *s)
+{
+	return sfail(s, "entries after %llu were lost to an earlier error "
+	    "and must come again from the primary",
+	    (unsigned long long)s->img_seq);
+}
+
+void
+store_resume(struct store *s)
+{
+	s->gap = 0;
+}
 
 /* Hold entry E in memory (applying what is held when full). */
 static int
@@ -832,6 +853,8 @@ store_stage(struct store *s, const struct jentry *e, size_t n)
 		    "completed");
 	if (s->info.state == STORE_COMMITTED)
 		return sfail(s, "replica was failed over and committed");
+	if (s->gap)
+		return gap_error(s);
 	for (size_t k = 0; k < n; k++) {
 		if (e[k].type == JE_POINT)
 			continue;
@@ -875,6 +898,7 @@ store_stage(struct store *s, const struct jentry *e, size_t n)
 			return sfail(s, "stage: %s", journal_error(s->stage));
 		}
 		held = e[k].seq;
+		s->stage_pending += e[k].type == JE_WRITE ? e[k].length : 0;
 	}
 	if (journal_commit(s->stage) != 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
@@ -887,6 +911,8 @@ store_stage(struct store *s, const struct jentry *e, size_t n)
 int
 store_stage_sync(struct store *s, uint64_t *seq)
 {
+	if (s->gap)
+		return gap_error(s);
 	if (mem_flush(s) != 0)
 		return -1;
 	if (journal_sync(s->stage) != 0)
@@ -894,11 +920,15 @@ store_stage_sync(struct store *s, uint64_t *seq)
 	if (s->img_seq > s->img_dur) {
 		uint64_t was = s->img_dur;
 
+		uint64_t wasb = s->ahead_dur;
+
 		if (sync_disks(s) != 0)
 			return -1;
 		s->img_dur = s->img_seq;
+		s->ahead_dur = s->ahead_bytes;
 		if (commit_info(s) != 0) {
 			s->img_dur = was;
+			s->ahead_dur = wasb;
 			return -1;
 		}
 	}
@@ -1243,9 +1273,12 @@ mem_wait(struct store *s)
 	s->fl_m = NULL;
 	s->fl_joinable = 0;
 	if (s->fl_rc != 0) {
-		/* the primary sends it all again after this error */
+		/* none of it was acknowledged: until the primary is told to
+		 * send it again (store_resume), later entries would leave a
+		 * hole, so they are refused */
 		snprintf(s->err, sizeof(s->err), "%s", s->fl_err);
 		mem_drop(s);
+		s->gap = 1;
 		return -1;
 	}
 	s->img_seq = m->e[m->n - 1].seq;
@@ -1356,7 +1389,7 @@ apply_point(struct store *s, const struct jentry *marker)
 	s->info.applied_seq = marker->seq;
 	s->info.last_point = marker->point_id;
 	s->img_seq = s->img_dur = marker->seq;
-	s->ahead_bytes = 0;
+	s->ahead_bytes = s->ahead_dur = s->stage_pending = 0;
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
 		return sfail(s, "point: %s", mdb_strerror(rc));
 	if ((rc = pt_put(txn, s->points, &p, 0)) != 0 ||
@@ -1408,17 +1441,18 @@ store_apply(struct store *s)
 int
 store_apply_ahead(struct store *s)
 {
-	uint64_t staged = journal_bytes(s->stage), bytes = 0;
+	uint64_t bytes = 0;
+	int r;
 
-	if (s->info.state != STORE_NORMAL ||
-	    staged < s->ahead_bytes + AHEAD_BYTES)
+	if (s->info.state != STORE_NORMAL || s->stage_pending < AHEAD_BYTES)
 		return 0;
 	if (mem_wait(s) != 0)
 		return -1;
-	if (apply_staged(s, 0, &bytes) != 0)
-		return -1;
-	s->ahead_bytes += bytes;
-	return 0;
+	r = apply_staged(s, 0, &bytes);
+	s->ahead_bytes += bytes;	/* what was applied, even on error */
+	if (r == 0)
+		s->stage_pending = 0;
+	return r;
 }
 
 /* ------------------------------------------------------------------ */

@@ -110,6 +110,9 @@ int store_sync_done(struct store *s, uint64_t base_seq);
  * transaction.  Entries at or below what is held are skipped.  Checks
  * disk index and range against the disk sizes. */
 int store_stage(struct store *s, const struct jentry *e, size_t n);
+/* The primary has been told where to resume (the seq store_stage_sync
+ * gives): entries are taken again after an error that dropped some. */
+void store_resume(struct store *s);
 /* Make staged entries durable; returns the highest staged seq. */
 int store_stage_sync(struct store *s, uint64_t *seq);
 /* Apply every staged complete point (unless failed over).  Returns the

@@ -43,6 +43,10 @@ struct store {
 	uint64_t img_seq;	/* entries up to this are in the images */
 	uint64_t img_dur;	/*   and up to this durably (meta "img") */
 	uint64_t ahead_bytes;	/* of them, bytes after the latest point */
+	uint64_t ahead_dur;	/*   of which durable (meta "img_bytes") */
+	uint64_t stage_pending;	/* bytes staged and not applied ahead */
+	int gap;		/* entries after img_seq were dropped by an
+				 * error: refuse entries until store_resume */
 	/* entries that arrived while nothing was staged, held in memory
 	 * until they are applied (they are not acknowledged before): one
 	 * chunk filling while the flusher thread applies the other */

@@ -443,10 +443,6 @@ pump(struct link *l)
 			evbuffer_add(l->in, l->iobuf, (size_t)n);
 			moved = 1;
 		}
-		/* reading may have taken in the window adjust: no socket
-		 * event will come for it, so write again now */
-		if (shut && libssh2_channel_window_write(l->chan) > 0)
-			moved = 1;
 		/* the remote command's complaints */
 		while ((n = libssh2_channel_read_stderr(l->chan,
 		    (char *)l->iobuf, IO_CHUNK - 1)) > 0) {
@@ -461,6 +457,10 @@ pump(struct link *l)
 			 * too: go round once more to see it */
 			moved = 1;
 		}
+		/* the reads may have taken in the window adjust: no socket
+		 * event will come for it, so write again now */
+		if (shut && libssh2_channel_window_write(l->chan) > 0)
+			moved = 1;
 		if (evbuffer_get_length(l->in) >= FRAME_HDR) {
 			enum lstate before = l->st;
 

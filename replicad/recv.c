@@ -241,7 +241,9 @@ send_error(struct rconn *c, const char *vm, const char *fmt, ...)
 	send_msg(c, &m);
 }
 
-static void
+/* Acknowledge what is durable; -1 when that failed (the caller refuses
+ * the VM, so that the primary sends again what was not taken). */
+static int
 send_ack(struct rconn *c, struct rvm *r)
 {
 	Replication__Msg m = REPLICATION__MSG__INIT;
@@ -251,7 +253,7 @@ send_ack(struct rconn *c, struct rvm *r)
 
 	if (store_stage_sync(r->store, &seq) != 0) {
 		log_warnx("replica %s: %s", r->name, store_error(r->store));
-		return;
+		return -1;
 	}
 	store_info(r->store, &si);
 	r->unsynced = 0;
@@ -261,6 +263,7 @@ send_ack(struct rconn *c, struct rvm *r)
 	m.body_case = REPLICATION__MSG__BODY_ACK;
 	m.ack = &a;
 	send_msg(c, &m);
+	return 0;
 }
 
 static struct ann *
@@ -361,6 +364,10 @@ on_announce(struct rconn *c, const Replication__VmAnnounce *a)
 		    (unsigned long long)si.failover_point);
 		return 0;
 	}
+	/* the primary resumes after what is held now, so entries that
+	 * an error dropped come again */
+	if (!need_full)
+		store_resume(r->store);
 	/* points staged before an apply failed (a full disk, say) are
 	 * applied now, before the primary resumes after them */
 	if (!need_full && ((si.state == STORE_NORMAL &&
@@ -426,6 +433,7 @@ refuse(struct rconn *c, struct ann *an)
 	struct statvfs sv;
 
 	an->refused = 1;
+	an->r->unsynced = 0;	/* nothing to acknowledge until announced */
 	/* A full disk often surfaces as a short write (EIO): say so. */
 	if (statvfs(an->r->dir, &sv) == 0 &&
 	    (uint64_t)sv.f_bavail * sv.f_frsize < (64u << 20))
@@ -479,8 +487,9 @@ on_entries(struct rconn *c, struct ann *an, Replication__Entry **ents,
 		refuse(c, an);
 	free(je);
 	an->r->unsynced += bytes;
-	if (!sync && !an->refused && an->r->unsynced >= ACK_BYTES)
-		send_ack(c, an->r);
+	if (!sync && !an->refused && an->r->unsynced >= ACK_BYTES &&
+	    send_ack(c, an->r) != 0)
+		refuse(c, an);
 	return 0;
 }
 
@@ -519,7 +528,8 @@ on_point(struct rconn *c, struct ann *an, const Replication__Point *p)
 	    now_ms(), &dropped) != 0)
 		log_warnx("replica %s: retention: %s", an->r->name,
 		    store_error(an->r->store));
-	send_ack(c, an->r);
+	if (send_ack(c, an->r) != 0)
+		refuse(c, an);
 	return 0;
 }
 
@@ -693,8 +703,13 @@ recv_tick(struct daemon *d, int64_t now)
 				log_warnx("replica %s: %s", r->name,
 				    store_error(r->store));
 			r->unsynced = 0;
-		} else if (r->conn && r->unsynced > 0)
-			send_ack(r->conn, r);
+		} else if (r->conn && r->unsynced > 0 &&
+		    send_ack(r->conn, r) != 0) {
+			struct ann *an = find_ann(r->conn, r->name);
+
+			if (an != NULL && !an->refused)
+				refuse(r->conn, an);
+		}
 	}
 }
 

@@ -21,6 +21,7 @@
 
 #include "retention.h"
 #include "store.h"
+#include "store_int.h"	/* the image descriptors, for a full disk */
 
 #define NDISKS	2
 #define MAXP	64
@@ -944,6 +945,98 @@ test_ahead(void **state)
 	check_all_points(f, "after writes applied ahead");
 }
 
+/* Make the images' descriptors read-only, so that writes fail as on a
+ * failing disk while before-images still read, or writable again. */
+static void
+images_readonly(struct fx *f, int on)
+{
+	for (int d = 0; d < NDISKS; d++) {
+		int fd = open(store_disk_path(f->s, (size_t)d),
+		    on ? O_RDONLY : O_RDWR);
+
+		assert_true(fd >= 0);
+		assert_true(dup2(fd, f->s->fds[d]) >= 0);
+		close(fd);
+	}
+}
+
+/*
+ * A write error while applying from memory drops what memory held (none
+ * of it acknowledged).  Later entries are refused until the primary is
+ * told where to resume, so no hole is ever acknowledged; what it sends
+ * again then gives exact points.
+ */
+static void
+test_apply_error(void **state)
+{
+	struct fx *f = *state;
+	struct batch a = { .n = 0 }, b = { .n = 0 }, p = { .n = 0 };
+	uint64_t held, before;
+
+	initial_sync(f);
+	interval(f, T0);
+	before = f->seq;
+	gen_entries(f, &a, 20);
+	CHECK(store_stage(f->s, a.e, a.n));
+	images_readonly(f, 1);
+	assert_int_equal(store_stage_sync(f->s, &held), -1);
+	assert_non_null(strstr(store_error(f->s), "write"));
+	images_readonly(f, 0);	/* the disk works again */
+	gen_entries(f, &b, 20);
+	assert_int_equal(store_stage(f->s, b.e, b.n), -1);
+	assert_non_null(strstr(store_error(f->s), "must come again"));
+	assert_int_equal(store_stage_sync(f->s, &held), -1);
+	/* the primary announces again and resumes after what is held */
+	store_resume(f->s);
+	CHECK(store_stage_sync(f->s, &held));
+	assert_int_equal(held, before);
+	CHECK(store_stage(f->s, a.e, a.n));
+	CHECK(store_stage(f->s, b.e, b.n));
+	gen_point(f, &p, T0 + 1);
+	CHECK(store_stage(f->s, p.e, p.n));
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	check_point(f, 2, "the point after an apply error");
+	batch_free(&a);
+	batch_free(&b);
+	batch_free(&p);
+	check_all_points(f, "after an apply error");
+}
+
+/* A point counts the bytes applied ahead of it, across a restart too. */
+static void
+test_ahead_bytes(void **state)
+{
+	struct fx *f = *state;
+	struct batch a = { .n = 0 }, b = { .n = 0 }, p = { .n = 0 };
+	struct plist l;
+	uint64_t held, want = 0;
+
+	initial_sync(f);
+	interval(f, T0);
+	gen_entries(f, &a, 20);
+	gen_entries(f, &b, 20);
+	for (size_t i = 0; i < a.n; i++)
+		want += a.e[i].type == JE_WRITE ? a.e[i].length : 0;
+	for (size_t i = 0; i < b.n; i++)
+		want += b.e[i].type == JE_WRITE ? b.e[i].length : 0;
+	CHECK(store_stage(f->s, a.e, a.n));
+	CHECK(store_stage_sync(f->s, &held));
+	reopen(f);
+	CHECK(store_stage(f->s, b.e, b.n));
+	gen_point(f, &p, T0 + 1);
+	CHECK(store_stage(f->s, p.e, p.n));
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	list_points(f, &l);
+	assert_int_equal(l.p[l.n - 1].id, 2);
+	assert_int_equal(l.p[l.n - 1].bytes, want);
+	check_point(f, 2, "applied ahead across a restart");
+	batch_free(&a);
+	batch_free(&b);
+	batch_free(&p);
+}
+
 int
 main(void)
 {
@@ -957,6 +1050,10 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_resync, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ahead, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_apply_error, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_ahead_bytes, setup,
+		    teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
