@@ -210,7 +210,6 @@ store_failover(struct store *s, uint64_t id)
 	struct store_point *pts, target;
 	uint8_t *merging;
 	size_t n;
-	uint64_t held;
 	int ahead;
 
 	if (s->info.state == STORE_FAILEDOVER)
@@ -226,8 +225,10 @@ store_failover(struct store *s, uint64_t id)
 		return sfail(s, "no recovery point %llu",
 		    (unsigned long long)id);
 	/* writes applied ahead of the next point are taken back first
-	 * (kept as redo records for a cancel like the rest) */
-	if (store_stage_sync(s, &held) != 0 ||
+	 * (kept as redo records for a cancel like the rest); a failover is
+	 * what a disaster needs, so an earlier apply error does not stop
+	 * it */
+	if (store_settle(s) != 0 ||
 	    has_undo(s, s->info.last_point, &ahead) != 0)
 		return -1;
 	s->info.state = STORE_FAILEDOVER;

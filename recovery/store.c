@@ -775,6 +775,8 @@ static int precapture(struct store *s, const struct jentry *e, size_t n);
 static int mem_flush(struct store *s);
 static int mem_flush_start(struct store *s);
 
+static int images_durable(struct store *s);
+
 static int
 gap_error(struct store *s)
 {
@@ -885,7 +887,9 @@ store_stage(struct store *s, const struct jentry *e, size_t n)
 		}
 		if (i == n)
 			return 0;
-		if (mem_flush(s) != 0)	/* the stage follows the images */
+		/* what follows is staged: a staged marker must never be
+		 * durable ahead of the writes before it */
+		if (mem_flush(s) != 0 || images_durable(s) != 0)
 			return -1;
 	}
 	if (journal_begin(s->stage) != 0)
@@ -908,6 +912,42 @@ store_stage(struct store *s, const struct jentry *e, size_t n)
 	return 0;
 }
 
+/*
+ * A sync of the images failed: what was written since the last durable
+ * mark may be lost even if a later sync succeeds (the kernel reports a
+ * writeback error once).  Everything after that mark is applied again,
+ * from the stage or, since memory is gone, sent again by the primary.
+ */
+static int
+images_lost(struct store *s)
+{
+	s->img_seq = s->img_dur;
+	s->ahead_bytes = s->ahead_dur;
+	s->stage_pending = journal_bytes(s->stage);
+	s->gap = 1;
+	return -1;
+}
+
+/* Make what the images hold durable, and record it (meta "img"). */
+static int
+images_durable(struct store *s)
+{
+	uint64_t was = s->img_dur, wasb = s->ahead_dur;
+
+	if (s->img_seq <= s->img_dur)
+		return 0;
+	if (sync_disks(s) != 0)
+		return images_lost(s);
+	s->img_dur = s->img_seq;
+	s->ahead_dur = s->ahead_bytes;
+	if (commit_info(s) != 0) {
+		s->img_dur = was;
+		s->ahead_dur = wasb;
+		return -1;
+	}
+	return 0;
+}
+
 int
 store_stage_sync(struct store *s, uint64_t *seq)
 {
@@ -917,22 +957,18 @@ store_stage_sync(struct store *s, uint64_t *seq)
 		return -1;
 	if (journal_sync(s->stage) != 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
-	if (s->img_seq > s->img_dur) {
-		uint64_t was = s->img_dur;
-
-		uint64_t wasb = s->ahead_dur;
-
-		if (sync_disks(s) != 0)
-			return -1;
-		s->img_dur = s->img_seq;
-		s->ahead_dur = s->ahead_bytes;
-		if (commit_info(s) != 0) {
-			s->img_dur = was;
-			s->ahead_dur = wasb;
-			return -1;
-		}
-	}
+	if (images_durable(s) != 0)
+		return -1;
 	*seq = store_held_seq(s);
+	return 0;
+}
+
+int
+store_settle(struct store *s)
+{
+	/* an error drops what memory held: not acknowledged, and the
+	 * writes it made are taken back like the others */
+	(void)mem_flush(s);
 	return 0;
 }
 
@@ -1347,14 +1383,14 @@ apply_staged(struct store *s, uint64_t upto, uint64_t *bytes)
 			free(c.e);
 			return sfail(s, "stage: out of memory");
 		}
-		for (size_t i = 0; i < c.n; i++)
-			*bytes += c.e[i].type == JE_WRITE ? c.e[i].length : 0;
 		if (c.n > 0 && ((s->info.last_point &&
 		    capture_undo(s, &c, s->info.last_point, 1) != 0) ||
 		    write_chunk(s, &c) != 0)) {
 			free(c.e);
 			return -1;
 		}
+		for (size_t i = 0; i < c.n; i++)
+			*bytes += c.e[i].type == JE_WRITE ? c.e[i].length : 0;
 		if (c.n > 0)
 			s->img_seq = c.e[c.n - 1].seq;
 		if (c.have_point || c.n == 0)
@@ -1378,7 +1414,7 @@ apply_point(struct store *s, const struct jentry *marker)
 		return -1;
 	bytes += s->ahead_bytes;
 	if (sync_disks(s) != 0)
-		return -1;
+		return images_lost(s);
 	memset(&p, 0, sizeof(p));
 	p.id = marker->point_id;
 	p.seq = marker->seq;

@@ -69,6 +69,8 @@ int save_info(struct store *s, MDB_txn *txn);
 int commit_info(struct store *s);
 int sync_disks(struct store *s);
 int mem_wait(struct store *s);
+/* Apply or drop what memory holds, whatever the gap: for failover. */
+int store_settle(struct store *s);
 int pwrite_all(struct store *s, uint32_t disk, uint64_t off,
     const void *data, size_t len);
 ssize_t read_block(struct store *s, uint32_t disk, uint64_t blk,

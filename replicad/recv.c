@@ -486,7 +486,8 @@ on_entries(struct rconn *c, struct ann *an, Replication__Entry **ents,
 	    store_apply_ahead(an->r->store) != 0)
 		refuse(c, an);
 	free(je);
-	an->r->unsynced += bytes;
+	if (!an->refused)
+		an->r->unsynced += bytes;
 	if (!sync && !an->refused && an->r->unsynced >= ACK_BYTES &&
 	    send_ack(c, an->r) != 0)
 		refuse(c, an);
@@ -703,11 +704,11 @@ recv_tick(struct daemon *d, int64_t now)
 				log_warnx("replica %s: %s", r->name,
 				    store_error(r->store));
 			r->unsynced = 0;
-		} else if (r->conn && r->unsynced > 0 &&
-		    send_ack(r->conn, r) != 0) {
+		} else if (r->conn && r->unsynced > 0) {
 			struct ann *an = find_ann(r->conn, r->name);
 
-			if (an != NULL && !an->refused)
+			if (an != NULL && !an->refused &&
+			    send_ack(r->conn, r) != 0)
 				refuse(r->conn, an);
 		}
 	}

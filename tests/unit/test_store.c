@@ -986,6 +986,10 @@ test_apply_error(void **state)
 	assert_int_equal(store_stage(f->s, b.e, b.n), -1);
 	assert_non_null(strstr(store_error(f->s), "must come again"));
 	assert_int_equal(store_stage_sync(f->s, &held), -1);
+	/* a failover does not wait for the primary (it may be gone) */
+	CHECK(store_failover(f->s, 0));
+	check_point(f, 1, "failover after an apply error");
+	CHECK(store_cancel(f->s));
 	/* the primary announces again and resumes after what is held */
 	store_resume(f->s);
 	CHECK(store_stage_sync(f->s, &held));
