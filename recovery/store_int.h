@@ -1,8 +1,9 @@
 /*
- * store_int.h: what the two halves of the DR store share.  store.c keeps
- * the store itself (meta, images, block and point records, staging and
- * applying, repair on open); history.c walks the history (failover,
- * cancel, commit, retention).  Not for use outside recovery/.
+ * store_int.h: what the parts of the DR store share.  store.c keeps the
+ * store itself (meta, images, block and point records, the initial copy,
+ * repair on open); apply.c receives and applies entries; history.c walks
+ * the history (failover, cancel, commit, retention).  Not for use outside
+ * recovery/.
  */
 #ifndef REPLICAD_STORE_INT_H
 #define REPLICAD_STORE_INT_H
@@ -63,12 +64,19 @@ struct store {
 };
 
 /* store.c */
+extern __thread int in_flusher;	/* sfail writes fl_err (apply.c) */
+int check_range(struct store *s, uint32_t disk, uint64_t off, uint64_t len);
+int zero_disk(struct store *s, uint32_t disk, uint64_t off, uint64_t len);
+int br_exists_at(MDB_cursor *c, const uint8_t *pre, size_t plen,
+    uint32_t disk, uint64_t blk);
 int sfail(struct store *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 int save_info(struct store *s, MDB_txn *txn);
 int commit_info(struct store *s);
 int sync_disks(struct store *s);
+/* apply.c */
 int mem_wait(struct store *s);
+void mem_drop(struct store *s);
 /* Apply or drop what memory holds, whatever the gap: for failover. */
 int store_settle(struct store *s);
 int pwrite_all(struct store *s, uint32_t disk, uint64_t off,

@@ -13,7 +13,7 @@
  * (link_wake); the shipper posts acks and copy milestones (post_main) and
  * publishes what status shows (struct ship_pub, under daemon.mu).
  * On the DR site, each replica's store applies received chunks on a
- * flusher thread of its own (recovery/store.c), joined by the store's
+ * flusher thread of its own (recovery/apply.c), joined by the store's
  * next operation that touches the images.
  */
 #ifndef REPLICAD_DAEMON_H

@@ -1,0 +1,735 @@
+/*
+ * apply.c: receiving and applying journal entries on the DR site: held in
+ * memory and applied by a flusher thread, or staged and applied from the
+ * stage; before-images saved as undo records first (read in parallel);
+ * the durable mark acknowledged to the primary; point markers recorded.
+ */
+#include "store_int.h"
+#include "fileio.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int precapture(struct store *s, const struct jentry *e, size_t n);
+static int mem_flush(struct store *s);
+static int mem_flush_start(struct store *s);
+
+static int images_durable(struct store *s);
+
+static int
+gap_error(struct store *s)
+{
+	return sfail(s, "entries after %llu were lost to an earlier error "
+	    "and must come again from the primary",
+	    (unsigned long long)s->img_seq);
+}
+
+void
+store_resume(struct store *s)
+{
+	s->gap = 0;
+}
+
+/* Hold entry E in memory (applying what is held when full). */
+static int
+mem_add(struct store *s, const struct jentry *e)
+{
+	struct memchunk *m = &s->mc[s->mcur];
+	struct jentry *je;
+
+	if (e->type == JE_WRITE && m->n > 0 &&
+	    m->used + e->length > CHUNK_BYTES) {
+		if (mem_flush_start(s) != 0)
+			return -1;
+		m = &s->mc[s->mcur];
+	}
+	if (m->buf == NULL && (m->buf = malloc(CHUNK_BYTES)) == NULL)
+		return sfail(s, "out of memory");
+	if (m->n == m->cap) {
+		size_t ncap = m->cap ? m->cap * 2 : 1024;
+		struct jentry *ne = realloc(m->e, ncap * sizeof(*ne));
+
+		if (ne == NULL)
+			return sfail(s, "out of memory");
+		m->e = ne;
+		m->cap = ncap;
+	}
+	je = &m->e[m->n++];
+	*je = *e;
+	je->data = NULL;
+	if (e->type == JE_WRITE) {
+		memcpy(m->buf + m->used, e->data, e->length);
+		je->data = m->buf + m->used;
+		m->used += e->length;
+	}
+	return 0;
+}
+
+/* The last seq held in memory (in either chunk), or 0. */
+static uint64_t
+mem_last(struct store *s)
+{
+	const struct memchunk *m = &s->mc[s->mcur];
+
+	if (m->n > 0)
+		return m->e[m->n - 1].seq;
+	if (s->fl_m != NULL && s->fl_m->n > 0)
+		return s->fl_m->e[s->fl_m->n - 1].seq;
+	return 0;
+}
+
+int
+store_stage(struct store *s, const struct jentry *e, size_t n)
+{
+	uint64_t held = store_held_seq(s);
+	size_t i = 0;
+
+	/* in the images or in memory already (sent again after a drop) */
+	if (s->img_seq > held)
+		held = s->img_seq;
+	if (mem_last(s) > held)
+		held = mem_last(s);
+	if (s->info.state == STORE_NEW || s->info.state == STORE_SYNCING)
+		return sfail(s, "journal entries before the initial copy "
+		    "completed");
+	if (s->info.state == STORE_COMMITTED)
+		return sfail(s, "replica was failed over and committed");
+	if (s->gap)
+		return gap_error(s);
+	for (size_t k = 0; k < n; k++) {
+		if (e[k].type == JE_POINT)
+			continue;
+		if (e[k].type != JE_WRITE && e[k].type != JE_ZERO)
+			return sfail(s, "entry %llu: unknown type",
+			    (unsigned long long)e[k].seq);
+		if (e[k].type == JE_WRITE && e[k].length > STORE_MAX_ENTRY)
+			return sfail(s, "entry %llu of %u bytes over the %u cap",
+			    (unsigned long long)e[k].seq, e[k].length,
+			    STORE_MAX_ENTRY);
+		if (check_range(s, e[k].disk, e[k].offset, e[k].length) != 0)
+			return -1;
+	}
+	/*
+	 * Nothing staged waits to be applied: writes go to the images from
+	 * memory, without the stage (which would write them twice more).
+	 * What is in memory is not durable and not acknowledged; a crash
+	 * loses it and the primary sends it again.
+	 */
+	if (s->info.state == STORE_NORMAL &&
+	    journal_last_seq(s->stage) <= s->img_seq) {
+		for (; i < n && e[i].type != JE_POINT; i++) {
+			if (e[i].seq <= held)
+				continue;
+			if (mem_add(s, &e[i]) != 0)
+				return -1;
+			held = e[i].seq;
+		}
+		if (i == n)
+			return 0;
+		/* what follows is staged: a staged marker must never be
+		 * durable ahead of the writes before it */
+		if (mem_flush(s) != 0 || images_durable(s) != 0)
+			return -1;
+	}
+	if (journal_begin(s->stage) != 0)
+		return sfail(s, "%s", journal_error(s->stage));
+	for (size_t k = i; k < n; k++) {
+		if (e[k].seq <= held)
+			continue;
+		if (journal_put(s->stage, &e[k]) != 0) {
+			journal_abort(s->stage);
+			return sfail(s, "stage: %s", journal_error(s->stage));
+		}
+		held = e[k].seq;
+		s->stage_pending += e[k].type == JE_WRITE ? e[k].length : 0;
+	}
+	if (journal_commit(s->stage) != 0)
+		return sfail(s, "stage: %s", journal_error(s->stage));
+	if (s->info.state == STORE_NORMAL && s->info.last_point &&
+	    precapture(s, e + i, n - i) != 0)
+		return -1;
+	return 0;
+}
+
+/*
+ * A sync of the images failed: what was written since the last durable
+ * mark may be lost even if a later sync succeeds (the kernel reports a
+ * writeback error once).  Everything after that mark is applied again,
+ * from the stage or, since memory is gone, sent again by the primary.
+ */
+static int
+images_lost(struct store *s)
+{
+	s->img_seq = s->img_dur;
+	s->ahead_bytes = s->ahead_dur;
+	s->stage_pending = journal_bytes(s->stage);
+	s->gap = 1;
+	return -1;
+}
+
+/* Make what the images hold durable, and record it (meta "img"). */
+static int
+images_durable(struct store *s)
+{
+	uint64_t was = s->img_dur, wasb = s->ahead_dur;
+
+	if (s->img_seq <= s->img_dur)
+		return 0;
+	if (sync_disks(s) != 0)
+		return images_lost(s);
+	s->img_dur = s->img_seq;
+	s->ahead_dur = s->ahead_bytes;
+	if (commit_info(s) != 0) {
+		s->img_dur = was;
+		s->ahead_dur = wasb;
+		return -1;
+	}
+	return 0;
+}
+
+int
+store_stage_sync(struct store *s, uint64_t *seq)
+{
+	if (s->gap)
+		return gap_error(s);
+	if (mem_flush(s) != 0)
+		return -1;
+	if (journal_sync(s->stage) != 0)
+		return sfail(s, "stage: %s", journal_error(s->stage));
+	if (images_durable(s) != 0)
+		return -1;
+	*seq = store_held_seq(s);
+	return 0;
+}
+
+int
+store_settle(struct store *s)
+{
+	/* an error drops what memory held: not acknowledged, and the
+	 * writes it made are taken back like the others */
+	(void)mem_flush(s);
+	return 0;
+}
+
+struct chunk {
+	struct store *s;
+	uint64_t upto;		/* last seq of the interval */
+	struct jentry *e;
+	size_t n, cap;
+	size_t used;		/* bytes of s->buf in use */
+	uint64_t last;		/* last seq collected */
+	struct jentry point;	/* the marker, once reached */
+	int have_point;
+	int err;
+};
+
+static int
+collect(const struct jentry *e, void *arg)
+{
+	struct chunk *c = arg;
+
+	if (c->upto && e->seq > c->upto)
+		return 1;
+	if (e->type == JE_POINT) {
+		c->point = *e;
+		c->have_point = 1;
+		c->last = e->seq;
+		return 1;
+	}
+	if (e->type == JE_WRITE && c->n > 0 &&
+	    c->used + e->length > CHUNK_BYTES)
+		return 1;
+	if (c->n == c->cap) {
+		size_t ncap = c->cap ? c->cap * 2 : 256;
+		struct jentry *ne = realloc(c->e, ncap * sizeof(*ne));
+
+		if (ne == NULL) {
+			c->err = 1;
+			return 1;
+		}
+		c->e = ne;
+		c->cap = ncap;
+	}
+	c->e[c->n] = *e;
+	if (e->type == JE_WRITE) {
+		if (e->length > CHUNK_BYTES) {
+			c->err = 1;
+			return 1;
+		}
+		memcpy(c->s->buf + c->used, e->data, e->length);
+		c->e[c->n].data = c->s->buf + c->used;
+		c->used += e->length;
+	}
+	c->n++;
+	c->last = e->seq;
+	return 0;
+}
+
+/*
+ * Before-images.  The blocks a chunk touches that have no undo record yet
+ * are gathered, sorted and merged into runs, and the runs are read by a
+ * few threads at once: with the page cache cold these are random reads,
+ * and one at a time they bound how fast the DR site keeps up.
+ */
+struct cblk {
+	uint32_t disk;
+	uint64_t blk;
+};
+
+struct crun {
+	uint32_t disk;
+	uint64_t off;		/* in the image */
+	size_t len, at;		/* bytes, and where they go in the buffer */
+	int err;		/* errno of a failed read */
+};
+
+struct cread {
+	struct store *s;
+	struct crun *runs;
+	size_t nruns;
+	uint8_t *buf;
+	size_t next;		/* next run to read (atomic) */
+};
+
+static int
+cblk_cmp(const void *a, const void *b)
+{
+	const struct cblk *x = a, *y = b;
+
+	if (x->disk != y->disk)
+		return x->disk < y->disk ? -1 : 1;
+	return x->blk < y->blk ? -1 : x->blk > y->blk;
+}
+
+static void *
+cread_worker(void *arg)
+{
+	struct cread *r = arg;
+	size_t i;
+
+	while ((i = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED)) <
+	    r->nruns) {
+		struct crun *u = &r->runs[i];
+
+		if (pread_full(r->s->fds[u->disk], r->buf + u->at, u->len,
+		    u->off) != 0)
+			u->err = errno ? errno : EIO;
+	}
+	return NULL;
+}
+
+/* Read every run, with up to CAPTURE_THREADS threads. */
+static int
+read_runs(struct store *s, struct crun *runs, size_t nruns, uint8_t *buf)
+{
+	struct cread r = { s, runs, nruns, buf, 0 };
+	pthread_t th[CAPTURE_THREADS];
+	size_t nth = nruns / 4 < CAPTURE_THREADS ? nruns / 4 :
+	    CAPTURE_THREADS, started = 0;
+
+	for (; started < nth; started++)
+		if (pthread_create(&th[started], NULL, cread_worker, &r) != 0)
+			break;
+	cread_worker(&r);
+	for (size_t i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	for (size_t i = 0; i < nruns; i++)
+		if (runs[i].err)
+			return sfail(s, "read %s: %s", s->paths[runs[i].disk],
+			    strerror(runs[i].err));
+	return 0;
+}
+
+/* Save the before-image of every block the chunk touches, first touch
+ * only, as undo records of point FROM; commit (and with SYNC, sync). */
+static int
+capture_undo(struct store *s, const struct chunk *c, uint64_t from,
+    int sync)
+{
+	uint8_t pre[8], *buf = NULL;
+	struct cblk *bl = NULL;
+	struct crun *runs = NULL;
+	size_t nb = 0, cap = 0, nruns = 0, total = 0;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	int rc, r = -1;
+
+	kv_put64(pre, from);
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return sfail(s, "undo: %s", mdb_strerror(rc));
+	if ((rc = mdb_cursor_open(txn, s->undo, &cur)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "undo: %s", mdb_strerror(rc));
+	}
+	for (size_t i = 0; i < c->n; i++) {
+		const struct jentry *e = &c->e[i];
+
+		if (e->length == 0)
+			continue;
+		for (uint64_t b = e->offset / STORE_BLOCK;
+		    b <= (e->offset + e->length - 1) / STORE_BLOCK; b++) {
+			int ex = br_exists_at(cur, pre, 8, e->disk, b);
+
+			if (ex < 0) {
+				sfail(s, "undo: lookup failed");
+				goto out;
+			}
+			if (ex)
+				continue;
+			if (nb == cap) {
+				void *nbl;
+
+				cap = cap ? cap * 2 : 256;
+				if ((nbl = realloc(bl, cap * sizeof(*bl))) ==
+				    NULL) {
+					sfail(s, "out of memory");
+					goto out;
+				}
+				bl = nbl;
+			}
+			bl[nb].disk = e->disk;
+			bl[nb++].blk = b;
+		}
+	}
+	mdb_cursor_close(cur);
+	cur = NULL;
+	if (nb > 0) {
+		size_t u = 0;
+
+		qsort(bl, nb, sizeof(*bl), cblk_cmp);
+		for (size_t i = 0; i < nb; i++)	/* touched twice: once */
+			if (u == 0 || cblk_cmp(&bl[u - 1], &bl[i]) != 0)
+				bl[u++] = bl[i];
+		nb = u;
+		if ((runs = calloc(nb, sizeof(*runs))) == NULL ||
+		    (buf = malloc(nb * STORE_BLOCK)) == NULL) {
+			sfail(s, "out of memory");
+			goto out;
+		}
+		for (size_t i = 0; i < nb; i++) {
+			uint64_t size = s->info.disks[bl[i].disk].size;
+			uint64_t off = bl[i].blk * STORE_BLOCK;
+			size_t len = size - off < STORE_BLOCK ? size - off :
+			    STORE_BLOCK;
+			struct crun *last = nruns ? &runs[nruns - 1] : NULL;
+
+			if (last && last->disk == bl[i].disk &&
+			    last->off + last->len == off &&
+			    last->len < RUN_BLOCKS * STORE_BLOCK) {
+				last->len += len;
+			} else {
+				runs[nruns].disk = bl[i].disk;
+				runs[nruns].off = off;
+				runs[nruns].len = len;
+				runs[nruns++].at = total;
+			}
+			total += len;
+		}
+		if (read_runs(s, runs, nruns, buf) != 0)
+			goto out;
+		for (size_t i = 0, at = 0; i < nb; i++) {
+			uint64_t size = s->info.disks[bl[i].disk].size;
+			uint64_t off = bl[i].blk * STORE_BLOCK;
+			size_t len = size - off < STORE_BLOCK ? size - off :
+			    STORE_BLOCK;
+
+			if ((rc = br_put(txn, s->undo, pre, 8, bl[i].disk,
+			    bl[i].blk, buf + at, len)) != 0) {
+				sfail(s, "undo: %s", mdb_strerror(rc));
+				goto out;
+			}
+			at += len;
+		}
+	}
+	rc = mdb_txn_commit(txn);
+	txn = NULL;
+	if (rc == 0 && sync)
+		rc = mdb_env_sync(s->env, 1);
+	if (rc != 0) {
+		sfail(s, "undo commit: %s", mdb_strerror(rc));
+		goto out;
+	}
+	r = 0;
+out:
+	if (cur)
+		mdb_cursor_close(cur);
+	if (txn)
+		mdb_txn_abort(txn);
+	free(bl);
+	free(runs);
+	free(buf);
+	return r;
+}
+
+/*
+ * Save before-images as entries arrive rather than all at the point: the
+ * images hold the latest point until then, so what is read now is what
+ * the point's apply would read, and the reads overlap the transfer.  Not
+ * synced here: the apply syncs before it writes the images.
+ */
+static int
+precapture(struct store *s, const struct jentry *e, size_t n)
+{
+	struct chunk c;
+
+	memset(&c, 0, sizeof(c));
+	c.s = s;
+	c.e = (struct jentry *)(uintptr_t)e;
+	c.n = n;
+	return capture_undo(s, &c, s->info.last_point, 0);
+}
+
+static int
+write_chunk(struct store *s, const struct chunk *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		const struct jentry *e = &c->e[i];
+		int r = e->type == JE_WRITE ?
+		    pwrite_all(s, e->disk, e->offset, e->data, e->length) :
+		    zero_disk(s, e->disk, e->offset, e->length);
+
+		if (r != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * Entries held in memory are applied by a flusher thread while the next
+ * chunk fills: the undo sync and the image writes wait on the disk, and
+ * the receiving need not.  Only one chunk is applied at a time, in order.
+ * Everything else that touches the images or the undo records waits for
+ * it first (mem_wait), so the flusher has them to itself.
+ */
+static int
+apply_mem(struct store *s, const struct memchunk *m)
+{
+	struct chunk c;
+
+	memset(&c, 0, sizeof(c));
+	c.s = s;
+	c.e = m->e;
+	c.n = m->n;
+	if ((s->info.last_point &&
+	    capture_undo(s, &c, s->info.last_point, 1) != 0) ||
+	    write_chunk(s, &c) != 0)
+		return -1;
+	return 0;
+}
+
+static void *
+flusher(void *arg)
+{
+	struct store *s = arg;
+
+	in_flusher = 1;
+	s->fl_rc = apply_mem(s, s->fl_m);
+	return NULL;
+}
+
+/* Forget what is held in memory: none of it was acknowledged. */
+void
+mem_drop(struct store *s)
+{
+	for (int i = 0; i < 2; i++)
+		s->mc[i].n = s->mc[i].used = 0;
+}
+
+/* Wait for the chunk being applied; its entries are then in the images. */
+int
+mem_wait(struct store *s)
+{
+	struct memchunk *m = s->fl_m;
+
+	if (m == NULL)
+		return 0;
+	if (s->fl_joinable)
+		pthread_join(s->fl_th, NULL);
+	s->fl_m = NULL;
+	s->fl_joinable = 0;
+	if (s->fl_rc != 0) {
+		/* none of it was acknowledged: until the primary is told to
+		 * send it again (store_resume), later entries would leave a
+		 * hole, so they are refused */
+		snprintf(s->err, sizeof(s->err), "%s", s->fl_err);
+		mem_drop(s);
+		s->gap = 1;
+		return -1;
+	}
+	s->img_seq = m->e[m->n - 1].seq;
+	s->ahead_bytes += m->used;
+	m->n = m->used = 0;
+	return 0;
+}
+
+/* Hand the chunk being filled to the flusher, once the one before it is
+ * applied. */
+static int
+mem_flush_start(struct store *s)
+{
+	struct memchunk *m = &s->mc[s->mcur];
+
+	if (m->n == 0)
+		return 0;
+	if (mem_wait(s) != 0)
+		return -1;
+	s->fl_m = m;
+	s->fl_rc = 0;
+	s->fl_err[0] = '\0';
+	s->mcur = !s->mcur;
+	if (pthread_create(&s->fl_th, NULL, flusher, s) == 0) {
+		s->fl_joinable = 1;
+	} else if ((s->fl_rc = apply_mem(s, m)) != 0) {
+		/* no thread: applied here, the error is in s->err */
+		snprintf(s->fl_err, sizeof(s->fl_err), "%s", s->err);
+	}
+	return 0;
+}
+
+/* Apply everything held in memory. */
+static int
+mem_flush(struct store *s)
+{
+	if (mem_flush_start(s) != 0)
+		return -1;
+	return mem_wait(s);
+}
+
+/*
+ * Apply staged entries after img_seq to the images, a chunk at a time:
+ * the before-images first (first touch, committed and synced), then the
+ * images.  Up to and including the marker of point UPTO, or, with UPTO 0,
+ * every staged write before the next marker (applying ahead).
+ */
+static int
+apply_staged(struct store *s, uint64_t upto, uint64_t *bytes)
+{
+	struct chunk c;
+	uint64_t from = s->img_seq + 1;
+
+	memset(&c, 0, sizeof(c));
+	c.s = s;
+	c.upto = upto;
+	for (;;) {
+		c.n = 0;
+		c.used = 0;
+		c.have_point = 0;
+		if (journal_read(s->stage, from, SIZE_MAX, collect, &c) < 0) {
+			free(c.e);
+			return sfail(s, "stage: %s", journal_error(s->stage));
+		}
+		if (c.err) {
+			free(c.e);
+			return sfail(s, "stage: out of memory");
+		}
+		if (c.n > 0 && ((s->info.last_point &&
+		    capture_undo(s, &c, s->info.last_point, 1) != 0) ||
+		    write_chunk(s, &c) != 0)) {
+			free(c.e);
+			return -1;
+		}
+		for (size_t i = 0; i < c.n; i++)
+			*bytes += c.e[i].type == JE_WRITE ? c.e[i].length : 0;
+		if (c.n > 0)
+			s->img_seq = c.e[c.n - 1].seq;
+		if (c.have_point || c.n == 0)
+			break;
+		from = c.last + 1;
+	}
+	free(c.e);
+	return 0;
+}
+
+/* Apply the staged interval ending with the point at seq UPTO. */
+static int
+apply_point(struct store *s, const struct jentry *marker)
+{
+	struct store_point p;
+	uint64_t bytes = 0;
+	MDB_txn *txn;
+	int rc;
+
+	if (mem_flush(s) != 0 || apply_staged(s, marker->seq, &bytes) != 0)
+		return -1;
+	bytes += s->ahead_bytes;
+	if (sync_disks(s) != 0)
+		return images_lost(s);
+	memset(&p, 0, sizeof(p));
+	p.id = marker->point_id;
+	p.seq = marker->seq;
+	p.time_ms = marker->time_ms;
+	p.kind = marker->kind;
+	p.bytes = bytes;
+	snprintf(p.label, sizeof(p.label), "%s", marker->label);
+	s->info.applied_seq = marker->seq;
+	s->info.last_point = marker->point_id;
+	s->img_seq = s->img_dur = marker->seq;
+	s->ahead_bytes = s->ahead_dur = s->stage_pending = 0;
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return sfail(s, "point: %s", mdb_strerror(rc));
+	if ((rc = pt_put(txn, s->points, &p, 0)) != 0 ||
+	    (rc = save_info(s, txn)) != 0) {
+		mdb_txn_abort(txn);
+		return sfail(s, "point: %s", mdb_strerror(rc));
+	}
+	if ((rc = mdb_txn_commit(txn)) != 0 ||
+	    (rc = mdb_env_sync(s->env, 1)) != 0)
+		return sfail(s, "point commit: %s", mdb_strerror(rc));
+	if (journal_trim(s->stage, marker->seq) < 0)
+		return sfail(s, "stage trim: %s", journal_error(s->stage));
+	return 0;
+}
+
+static int
+find_marker(const struct jentry *e, void *arg)
+{
+	struct jentry *m = arg;
+
+	if (e->type != JE_POINT)
+		return 0;
+	*m = *e;
+	m->data = NULL;
+	return 1;
+}
+
+int
+store_apply(struct store *s)
+{
+	int n = 0;
+
+	while (s->info.state == STORE_NORMAL) {
+		struct jentry m;
+
+		memset(&m, 0, sizeof(m));
+		if (journal_read(s->stage, s->info.applied_seq + 1, SIZE_MAX,
+		    find_marker, &m) < 0)
+			return sfail(s, "stage: %s", journal_error(s->stage));
+		if (m.type != JE_POINT)
+			break;
+		if (apply_point(s, &m) != 0)
+			return -1;
+		n++;
+	}
+	return n;
+}
+
+int
+store_apply_ahead(struct store *s)
+{
+	uint64_t bytes = 0;
+	int r;
+
+	if (s->info.state != STORE_NORMAL || s->stage_pending < AHEAD_BYTES)
+		return 0;
+	if (mem_wait(s) != 0)
+		return -1;
+	r = apply_staged(s, 0, &bytes);
+	s->ahead_bytes += bytes;	/* what was applied, even on error */
+	if (r == 0)
+		s->stage_pending = 0;
+	return r;
+}
+
