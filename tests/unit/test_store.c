@@ -240,8 +240,10 @@ struct batch {
 static void
 batch_free(struct batch *b)
 {
-	for (size_t i = 0; i < b->n; i++)
+	for (size_t i = 0; i < b->n; i++) {
 		free(b->data[i]);
+		b->data[i] = NULL;	/* the batch is used again */
+	}
 	b->n = 0;
 }
 
@@ -294,6 +296,7 @@ gen_entries(struct fx *f, struct batch *b, int count)
 			memcpy(f->pending[d] + off, p, len);
 		} else {
 			e->type = JE_ZERO;
+			b->data[b->n] = NULL;
 			memset(f->pending[d] + off, 0, len);
 		}
 		b->n++;
@@ -304,8 +307,10 @@ gen_entries(struct fx *f, struct batch *b, int count)
 static uint64_t
 gen_point(struct fx *f, struct batch *b, int64_t time_ms)
 {
-	struct jentry *e = &b->e[b->n++];
+	struct jentry *e = &b->e[b->n];
 	uint64_t id = ++f->last_id;
+
+	b->data[b->n++] = NULL;
 
 	assert_true(id <= MAXP);
 	memset(e, 0, sizeof(*e));
@@ -1041,6 +1046,47 @@ test_ahead_bytes(void **state)
 	batch_free(&p);
 }
 
+/*
+ * More than two memory chunks of random, overlapping writes: chunks are
+ * applied by the flusher while the next fills, and a block touched in
+ * several chunks keeps the before-image of its first touch.
+ */
+static void
+test_ahead_chunks(void **state)
+{
+	struct fx *f = *state;
+	struct batch b = { .n = 0 };
+	uint64_t held, bytes = 0;
+
+	initial_sync(f);
+	interval(f, T0);
+	interval(f, T0 + 1);
+	for (int round = 0; round < 120; round++) {
+		gen_entries(f, &b, 60);
+		for (size_t i = 0; i < b.n; i++)
+			bytes += b.e[i].type == JE_WRITE ? b.e[i].length : 0;
+		CHECK(store_stage(f->s, b.e, b.n));
+		batch_free(&b);	/* the store holds its own copy */
+	}
+	assert_true(bytes > 3 * (16u << 20) / 2);
+	CHECK(store_stage_sync(f->s, &held));
+	assert_int_equal(held, f->seq);
+	check_images(f, f->pending, "chunks applied ahead");
+	for (uint64_t id = 1; id <= 2; id++) {
+		CHECK(store_failover(f->s, id));
+		check_point(f, id, "failover past several chunks");
+		CHECK(store_cancel(f->s));
+		check_images(f, f->pending, "cancel after several chunks");
+	}
+	gen_point(f, &b, T0 + 2);
+	CHECK(store_stage(f->s, b.e, b.n));
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	batch_free(&b);
+	reopen(f);
+	check_all_points(f, "after several chunks");
+}
+
 int
 main(void)
 {
@@ -1057,6 +1103,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_apply_error, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_ahead_bytes, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_ahead_chunks, setup,
 		    teardown),
 	};
 
