@@ -396,8 +396,10 @@ pump(struct link *l)
 	char err[256];
 	ssize_t n;
 
+	char remote[sizeof(l->why)] = "";
+
 	for (int round = 0; round < 64; round++) {
-		int moved = 0, shut = 0;
+		int moved = 0, shut = 0, eof = 0;
 
 		/* outbound */
 		while (evbuffer_get_length(l->out) > 0) {
@@ -433,11 +435,8 @@ pump(struct link *l)
 				return;
 			}
 			if (n == 0) {
-				if (libssh2_channel_eof(l->chan)) {
-					link_reset(l, "peer closed the "
-					    "channel");
-					return;
-				}
+				/* what came with the EOF is read first */
+				eof = libssh2_channel_eof(l->chan);
 				break;
 			}
 			evbuffer_add(l->in, l->iobuf, (size_t)n);
@@ -453,6 +452,7 @@ pump(struct link *l)
 			    (char *)l->iobuf);
 			snprintf(l->why, sizeof(l->why), "remote: %s",
 			    (char *)l->iobuf);
+			snprintf(remote, sizeof(remote), "%s", l->why);
 			/* reading stderr may have taken in the channel's EOF
 			 * too: go round once more to see it */
 			moved = 1;
@@ -473,6 +473,13 @@ pump(struct link *l)
 			}
 			if (l->fd < 0)
 				return;	/* reset inside a handler */
+		}
+		if (eof) {
+			/* the frames and complaints that came before the EOF
+			 * are taken in: a refusal names its cause */
+			link_reset(l, remote[0] ? remote :
+			    "peer closed the channel");
+			return;
 		}
 		if (l->st == L_READY) {
 			size_t before = evbuffer_get_length(l->out);
