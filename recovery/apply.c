@@ -16,7 +16,6 @@
 static int precapture(struct store *s, const struct jentry *e, size_t n);
 static int mem_flush(struct store *s);
 static int mem_flush_start(struct store *s);
-
 static int images_durable(struct store *s);
 
 static int
@@ -205,13 +204,12 @@ store_stage_sync(struct store *s, uint64_t *seq)
 	return 0;
 }
 
-int
+void
 store_settle(struct store *s)
 {
 	/* an error drops what memory held: not acknowledged, and the
 	 * writes it made are taken back like the others */
 	(void)mem_flush(s);
-	return 0;
 }
 
 struct chunk {
@@ -497,6 +495,18 @@ write_chunk(struct store *s, const struct chunk *c)
 	return 0;
 }
 
+/* Apply a chunk: the before-images of the latest point first (committed
+ * and synced), then the images.  Without a point there is nothing to
+ * keep. */
+static int
+apply_chunk(struct store *s, const struct chunk *c)
+{
+	if (s->info.last_point &&
+	    capture_undo(s, c, s->info.last_point, 1) != 0)
+		return -1;
+	return write_chunk(s, c);
+}
+
 /*
  * Entries held in memory are applied by a flusher thread while the next
  * chunk fills: the undo sync and the image writes wait on the disk, and
@@ -513,11 +523,7 @@ apply_mem(struct store *s, const struct memchunk *m)
 	c.s = s;
 	c.e = m->e;
 	c.n = m->n;
-	if ((s->info.last_point &&
-	    capture_undo(s, &c, s->info.last_point, 1) != 0) ||
-	    write_chunk(s, &c) != 0)
-		return -1;
-	return 0;
+	return apply_chunk(s, &c);
 }
 
 static void *
@@ -625,9 +631,7 @@ apply_staged(struct store *s, uint64_t upto, uint64_t *bytes)
 			free(c.e);
 			return sfail(s, "stage: out of memory");
 		}
-		if (c.n > 0 && ((s->info.last_point &&
-		    capture_undo(s, &c, s->info.last_point, 1) != 0) ||
-		    write_chunk(s, &c) != 0)) {
+		if (c.n > 0 && apply_chunk(s, &c) != 0) {
 			free(c.e);
 			return -1;
 		}

@@ -74,11 +74,6 @@ int sfail(struct store *s, const char *fmt, ...)
 int save_info(struct store *s, MDB_txn *txn);
 int commit_info(struct store *s);
 int sync_disks(struct store *s);
-/* apply.c */
-int mem_wait(struct store *s);
-void mem_drop(struct store *s);
-/* Apply or drop what memory holds, whatever the gap: for failover. */
-int store_settle(struct store *s);
 int pwrite_all(struct store *s, uint32_t disk, uint64_t off,
     const void *data, size_t len);
 ssize_t read_block(struct store *s, uint32_t disk, uint64_t blk,
@@ -95,6 +90,12 @@ int pt_put(MDB_txn *txn, MDB_dbi dbi, const struct store_point *p,
     int merging);
 int pt_load(struct store *s, struct store_point **out, uint8_t **merging,
     size_t *n);
+
+/* apply.c */
+int mem_wait(struct store *s);
+void mem_drop(struct store *s);
+/* Apply or drop what memory holds, whatever the gap: for failover. */
+void store_settle(struct store *s);
 
 /* history.c */
 int restore_redo(struct store *s);

@@ -393,10 +393,8 @@ on_frame(Replication__Msg *m, void *arg)
 static void
 pump(struct link *l)
 {
-	char err[256];
+	char err[256], remote[sizeof(l->why)] = "";
 	ssize_t n;
-
-	char remote[sizeof(l->why)] = "";
 
 	for (int round = 0; round < 64; round++) {
 		int moved = 0, shut = 0, eof = 0;

@@ -241,19 +241,23 @@ send_error(struct rconn *c, const char *vm, const char *fmt, ...)
 	send_msg(c, &m);
 }
 
-/* Acknowledge what is durable; -1 when that failed (the caller refuses
- * the VM, so that the primary sends again what was not taken). */
-static int
-send_ack(struct rconn *c, struct rvm *r)
+static void refuse(struct rconn *c, struct ann *an);
+
+/* Acknowledge what is durable; when that fails, refuse the VM, so that
+ * the primary announces it again and sends what was not taken. */
+static void
+send_ack(struct rconn *c, struct ann *an)
 {
 	Replication__Msg m = REPLICATION__MSG__INIT;
 	Replication__Ack a = REPLICATION__ACK__INIT;
+	struct rvm *r = an->r;
 	struct store_info si;
 	uint64_t seq;
 
 	if (store_stage_sync(r->store, &seq) != 0) {
 		log_warnx("replica %s: %s", r->name, store_error(r->store));
-		return -1;
+		refuse(c, an);
+		return;
 	}
 	store_info(r->store, &si);
 	r->unsynced = 0;
@@ -263,7 +267,6 @@ send_ack(struct rconn *c, struct rvm *r)
 	m.body_case = REPLICATION__MSG__BODY_ACK;
 	m.ack = &a;
 	send_msg(c, &m);
-	return 0;
 }
 
 static struct ann *
@@ -488,9 +491,8 @@ on_entries(struct rconn *c, struct ann *an, Replication__Entry **ents,
 	free(je);
 	if (!an->refused)
 		an->r->unsynced += bytes;
-	if (!sync && !an->refused && an->r->unsynced >= ACK_BYTES &&
-	    send_ack(c, an->r) != 0)
-		refuse(c, an);
+	if (!sync && !an->refused && an->r->unsynced >= ACK_BYTES)
+		send_ack(c, an);
 	return 0;
 }
 
@@ -529,8 +531,7 @@ on_point(struct rconn *c, struct ann *an, const Replication__Point *p)
 	    now_ms(), &dropped) != 0)
 		log_warnx("replica %s: retention: %s", an->r->name,
 		    store_error(an->r->store));
-	if (send_ack(c, an->r) != 0)
-		refuse(c, an);
+	send_ack(c, an);
 	return 0;
 }
 
@@ -707,9 +708,8 @@ recv_tick(struct daemon *d, int64_t now)
 		} else if (r->conn && r->unsynced > 0) {
 			struct ann *an = find_ann(r->conn, r->name);
 
-			if (an != NULL && !an->refused &&
-			    send_ack(r->conn, r) != 0)
-				refuse(r->conn, an);
+			if (an != NULL && !an->refused)
+				send_ack(r->conn, an);
 		}
 	}
 }
