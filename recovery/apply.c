@@ -319,6 +319,15 @@ cread_worker(void *arg)
 	return NULL;
 }
 
+/* Bytes of the block at OFF of DISK: short only at the end. */
+static size_t
+blk_len(const struct store *s, uint32_t disk, uint64_t off)
+{
+	uint64_t size = s->info.disks[disk].size;
+
+	return size - off < STORE_BLOCK ? (size_t)(size - off) : STORE_BLOCK;
+}
+
 /* Read every run, with up to CAPTURE_THREADS threads. */
 static int
 read_runs(struct store *s, struct crun *runs, size_t nruns, uint8_t *buf)
@@ -342,7 +351,8 @@ read_runs(struct store *s, struct crun *runs, size_t nruns, uint8_t *buf)
 }
 
 /* Save the before-image of every block the chunk touches, first touch
- * only, as undo records of point FROM; commit (and with SYNC, sync). */
+ * only, as undo records of point FROM: the data goes to the undo log
+ * (synced there), the records to LMDB; commit (and with SYNC, sync). */
 static int
 capture_undo(struct store *s, const struct chunk *c, uint64_t from,
     int sync)
@@ -350,7 +360,9 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from,
 	uint8_t pre[8], *buf = NULL;
 	struct cblk *bl = NULL;
 	struct crun *runs = NULL;
-	size_t nb = 0, cap = 0, nruns = 0, total = 0;
+	struct iovec *iov = NULL;
+	size_t nb = 0, cap = 0, nruns = 0, niov = 0;
+	uint64_t first;
 	MDB_txn *txn;
 	MDB_cursor *cur;
 	int rc, r = -1;
@@ -402,44 +414,67 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from,
 			if (u == 0 || cblk_cmp(&bl[u - 1], &bl[i]) != 0)
 				bl[u++] = bl[i];
 		nb = u;
+		/* a 4 KiB slot per block, aligned for the undo log's
+		 * direct writes; only a disk's last block can be short,
+		 * and it ends its run */
 		if ((runs = calloc(nb, sizeof(*runs))) == NULL ||
-		    (buf = malloc(nb * STORE_BLOCK)) == NULL) {
+		    (iov = calloc(nb, sizeof(*iov))) == NULL ||
+		    posix_memalign((void **)&buf, STORE_BLOCK,
+		    nb * STORE_BLOCK) != 0) {
+			buf = NULL;
 			sfail(s, "out of memory");
 			goto out;
 		}
 		for (size_t i = 0; i < nb; i++) {
-			uint64_t size = s->info.disks[bl[i].disk].size;
-			uint64_t off = bl[i].blk * STORE_BLOCK;
-			size_t len = size - off < STORE_BLOCK ? size - off :
-			    STORE_BLOCK;
 			struct crun *last = nruns ? &runs[nruns - 1] : NULL;
+			uint64_t off = bl[i].blk * STORE_BLOCK;
 
 			if (last && last->disk == bl[i].disk &&
 			    last->off + last->len == off &&
 			    last->len < RUN_BLOCKS * STORE_BLOCK) {
-				last->len += len;
+				last->len += blk_len(s, bl[i].disk, off);
 			} else {
 				runs[nruns].disk = bl[i].disk;
 				runs[nruns].off = off;
-				runs[nruns].len = len;
-				runs[nruns++].at = total;
+				runs[nruns].len = blk_len(s, bl[i].disk, off);
+				runs[nruns++].at = i * STORE_BLOCK;
 			}
-			total += len;
 		}
 		if (read_runs(s, runs, nruns, buf) != 0)
 			goto out;
-		for (size_t i = 0, at = 0; i < nb; i++) {
-			uint64_t size = s->info.disks[bl[i].disk].size;
-			uint64_t off = bl[i].blk * STORE_BLOCK;
-			size_t len = size - off < STORE_BLOCK ? size - off :
-			    STORE_BLOCK;
+		for (size_t i = 0; i < nb; i++) {
+			uint8_t *p = buf + i * STORE_BLOCK;
+			size_t len = blk_len(s, bl[i].disk,
+			    bl[i].blk * STORE_BLOCK);
 
-			if ((rc = br_put(txn, s->undo, pre, 8, bl[i].disk,
-			    bl[i].blk, buf + at, len)) != 0) {
+			memset(p + len, 0, STORE_BLOCK - len);
+			if (!block_is_zero(p, len)) {
+				iov[niov].iov_base = p;
+				iov[niov++].iov_len = STORE_BLOCK;
+			}
+		}
+		if (ul_append(s, iov, niov, &first) != 0)
+			goto out;
+		for (size_t i = 0, j = 0; i < nb; i++) {
+			uint8_t *p = buf + i * STORE_BLOCK;
+			size_t len = blk_len(s, bl[i].disk,
+			    bl[i].blk * STORE_BLOCK);
+
+			if (j < niov && iov[j].iov_base == p)
+				rc = br_put_ref(txn, s->undo, pre, 8,
+				    bl[i].disk, bl[i].blk,
+				    first + (j++) * STORE_BLOCK, len);
+			else
+				rc = br_put(txn, s->undo, pre, 8, bl[i].disk,
+				    bl[i].blk, p, len);
+			if (rc != 0) {
 				sfail(s, "undo: %s", mdb_strerror(rc));
 				goto out;
 			}
-			at += len;
+		}
+		if ((rc = ul_put_head(s, txn)) != 0) {
+			sfail(s, "undo: %s", mdb_strerror(rc));
+			goto out;
 		}
 	}
 	rc = mdb_txn_commit(txn);
@@ -458,6 +493,7 @@ out:
 		mdb_txn_abort(txn);
 	free(bl);
 	free(runs);
+	free(iov);
 	free(buf);
 	return r;
 }

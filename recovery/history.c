@@ -55,9 +55,10 @@ play_undo(struct store *s, uint64_t q)
 				more = 1;
 				break;
 			}
-			if (br_decode(&k, &d, 8, &disk, &blk, s->buf + used,
-			    &len) != 0 || disk >= s->info.ndisks) {
-				rc = MDB_CORRUPTED;
+			if ((rc = br_decode(s, &k, &d, 8, &disk, &blk,
+			    s->buf + used, &len)) != 0 ||
+			    disk >= s->info.ndisks) {
+				rc = rc == -2 ? EIO : MDB_CORRUPTED;
 				break;
 			}
 			if (n == cap) {
@@ -142,7 +143,7 @@ restore_redo(struct store *s)
 		size_t len;
 
 		op = MDB_NEXT;
-		if (br_decode(&k, &d, 0, &disk, &blk, block, &len) != 0 ||
+		if (br_decode(s, &k, &d, 0, &disk, &blk, block, &len) != 0 ||
 		    disk >= s->info.ndisks) {
 			rc = MDB_CORRUPTED;
 			break;
@@ -282,6 +283,7 @@ store_commit(struct store *s)
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
 		return sfail(s, "commit: %s", mdb_strerror(rc));
 	if ((rc = mdb_drop(txn, s->undo, 0)) != 0 ||
+	    (rc = ul_reset(s, txn)) != 0 ||
 	    (rc = mdb_drop(txn, s->redo, 0)) != 0 ||
 	    (rc = mdb_cursor_open(txn, s->points, &cur)) != 0)
 		goto fail;
@@ -300,6 +302,7 @@ store_commit(struct store *s)
 	if ((rc = mdb_txn_commit(txn)) != 0 ||
 	    (rc = mdb_env_sync(s->env, 1)) != 0)
 		return sfail(s, "commit: %s", mdb_strerror(rc));
+	ul_remove_all(s);
 	if (journal_trim(s->stage, UINT64_MAX) < 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
 	return 0;
@@ -313,11 +316,13 @@ fail:
 
 /* Move the undo records of point P to PREV (or delete them if PREV is 0)
  * where PREV has none for that block, then delete P's row.  P is marked
- * merging first so it is never listed half-merged. */
+ * merging first so it is never listed half-merged.  A record moves as it
+ * is (its data stays where it is); the undo log slot of one deleted is
+ * punched out once its transaction commits. */
 static int
 merge_point(struct store *s, const struct store_point *p, uint64_t prev)
 {
-	uint8_t pre[8], ppre[8], block[STORE_BLOCK];
+	uint8_t pre[8], ppre[8], key[32 + KV_INLINE_MAX], val[STORE_BLOCK];
 	MDB_txn *txn;
 	MDB_cursor *cur;
 	MDB_val k, d;
@@ -341,38 +346,55 @@ merge_point(struct store *s, const struct store_point *p, uint64_t prev)
 		k.mv_data = pre;
 		rc = mdb_cursor_get(cur, &k, &d, MDB_SET_RANGE);
 		while (rc == 0 && count < 4096) {
+			const uint8_t *kp = k.mv_data;
 			uint32_t disk;
 			uint64_t blk;
-			size_t len;
+			int moved = 0;
 
-			if (k.mv_size < 8 || memcmp(k.mv_data, pre, 8) != 0)
+			if (k.mv_size < 8 || memcmp(kp, pre, 8) != 0)
 				break;
-			if (br_decode(&k, &d, 8, &disk, &blk, block,
-			    &len) != 0) {
+			if (k.mv_size < 8 + 13 || k.mv_size > sizeof(key) ||
+			    d.mv_size > sizeof(val) ||
+			    (kp[20] == BR_REF && d.mv_size != 8)) {
 				rc = MDB_CORRUPTED;
 				break;
 			}
+			disk = kv_get32(kp + 8);
+			blk = kv_get64(kp + 12);
+			/* copies: a put may move what k and d point at */
+			memcpy(key, kp, k.mv_size);
+			memcpy(val, d.mv_data, d.mv_size);
+			k.mv_data = key;
+			d.mv_data = val;
 			if (prev) {
 				int ex = br_exists(txn, s->undo, ppre, 8,
 				    disk, blk);
+				MDB_val nk = k, fk = { 8 + 12, key };
 
 				if (ex < 0) {
 					rc = EIO;
 					break;
 				}
-				if (!ex && (rc = br_put(txn, s->undo, ppre, 8,
-				    disk, blk, block, len)) != 0)
-					break;
-				/* the put may move the cursor: find again */
-				uint8_t key[32];
-				size_t kl = br_prefix(key, pre, 8, disk, blk);
-				MDB_val fk = { kl, key };
+				if (!ex) {
+					uint8_t nkey[sizeof(key)];
 
+					memcpy(nkey, key, k.mv_size);
+					memcpy(nkey, ppre, 8);
+					nk.mv_data = nkey;
+					if ((rc = mdb_put(txn, s->undo, &nk, &d,
+					    0)) != 0)
+						break;
+					moved = 1;
+				}
+				/* the put may move the cursor: find again */
 				if ((rc = mdb_cursor_get(cur, &fk, &d,
 				    MDB_SET_RANGE)) != 0)
 					break;
 				k = fk;
 			}
+			if (!moved && key[20] == BR_REF &&
+			    (rc = ul_free(s, kv_get64(val))) != 0)
+				break;
 			if ((rc = mdb_cursor_del(cur, 0)) != 0)
 				break;
 			count++;
@@ -388,19 +410,28 @@ merge_point(struct store *s, const struct store_point *p, uint64_t prev)
 		}
 		mdb_cursor_close(cur);
 		if (done) {
-			uint8_t key[8];
-			MDB_val pk = { 8, key };
+			uint8_t pkey[8];
+			MDB_val pk = { 8, pkey };
 
-			kv_put64(key, p->id);
+			kv_put64(pkey, p->id);
 			if ((rc = mdb_del(txn, s->points, &pk, NULL)) != 0)
 				goto fail;
 		}
-		if ((rc = mdb_txn_commit(txn)) != 0)
+		if ((rc = ul_put_freed(s, txn)) != 0)
+			goto fail;
+		/* a slot is punched only once no record can come back to
+		 * it: after the commit is durable */
+		if ((rc = mdb_txn_commit(txn)) != 0 || (s->ul_nfreed > 0 &&
+		    (rc = mdb_env_sync(s->env, 1)) != 0)) {
+			ul_forget_freed(s);
 			return sfail(s, "retain: %s", mdb_strerror(rc));
+		}
+		ul_punch_freed(s);
 	}
 	return 0;
 fail:
 	mdb_txn_abort(txn);
+	ul_forget_freed(s);
 	return sfail(s, "retain: %s", mdb_strerror(rc));
 }
 

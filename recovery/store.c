@@ -281,8 +281,8 @@ br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
 	return found;
 }
 
-static int
-is_zero(const uint8_t *p, size_t len)
+int
+block_is_zero(const uint8_t *p, size_t len)
 {
 	static const uint8_t zero[STORE_BLOCK];
 
@@ -297,7 +297,7 @@ br_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
 	size_t kl = br_prefix(key, pre, plen, disk, blk), inl = 0;
 	MDB_val k, d;
 
-	if (is_zero(data, len)) {
+	if (block_is_zero(data, len)) {
 		key[kl++] = BR_ZERO;
 		kv_put32(key + kl, (uint32_t)len);
 		kl += 4;
@@ -316,10 +316,26 @@ br_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
 	return mdb_put(txn, dbi, &k, &d, 0);
 }
 
+int
+br_put_ref(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
+    uint32_t disk, uint64_t blk, uint64_t off, size_t len)
+{
+	uint8_t key[32], val[8];
+	size_t kl = br_prefix(key, pre, plen, disk, blk);
+	MDB_val k, d = { 8, val };
+
+	key[kl++] = BR_REF;
+	kv_put32(key + kl, (uint32_t)len);
+	k.mv_size = kl + 4;
+	k.mv_data = key;
+	kv_put64(val, off);
+	return mdb_put(txn, dbi, &k, &d, 0);
+}
+
 /* Decode a record at (k, d) with prefix length PLEN into buf. */
 int
-br_decode(const MDB_val *k, const MDB_val *d, size_t plen, uint32_t *disk,
-    uint64_t *blk, uint8_t *buf, size_t *len)
+br_decode(struct store *s, const MDB_val *k, const MDB_val *d, size_t plen,
+    uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len)
 {
 	const uint8_t *p = k->mv_data;
 	size_t hl = plen + 13;
@@ -328,14 +344,19 @@ br_decode(const MDB_val *k, const MDB_val *d, size_t plen, uint32_t *disk,
 		return -1;
 	*disk = kv_get32(p + plen);
 	*blk = kv_get64(p + plen + 4);
-	if (p[plen + 12] == BR_ZERO) {
+	if (p[plen + 12] == BR_ZERO || p[plen + 12] == BR_REF) {
 		if (k->mv_size != hl + 4)
 			return -1;
 		*len = kv_get32(p + hl);
 		if (*len > STORE_BLOCK)
 			return -1;
-		memset(buf, 0, *len);
-		return 0;
+		if (p[plen + 12] == BR_ZERO) {
+			memset(buf, 0, *len);
+			return 0;
+		}
+		if (d->mv_size != 8)
+			return -1;
+		return ul_read(s, kv_get64(d->mv_data), buf, *len) ? -2 : 0;
 	}
 	*len = k->mv_size - hl + d->mv_size;
 	if (*len > STORE_BLOCK)
@@ -512,6 +533,7 @@ store_open(const char *dir, char *err, size_t errlen)
 	}
 	for (size_t i = 0; i < STORE_MAX_DISKS; i++)
 		s->fds[i] = -1;
+	s->ul_wfd = s->ul_rfd = -1;
 	if ((s->dir = strdup(dir)) == NULL ||
 	    (s->buf = malloc(CHUNK_BYTES + STORE_BLOCK)) == NULL) {
 		snprintf(err, errlen, "out of memory");
@@ -536,6 +558,7 @@ store_open(const char *dir, char *err, size_t errlen)
 	    (rc = mdb_dbi_open(txn, "undo", MDB_CREATE, &s->undo)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "redo", MDB_CREATE, &s->redo)) != 0 ||
 	    (rc = load_info(s, txn)) != 0 ||
+	    (rc = ul_open(s, txn)) != 0 ||
 	    (rc = mdb_txn_commit(txn)) != 0) {
 		if (txn && rc != 0)
 			mdb_txn_abort(txn);
@@ -583,6 +606,7 @@ store_close(struct store *s)
 		return;
 	mem_wait(s);	/* what it did not apply comes again */
 	close_disks(s);
+	ul_close(s);
 	if (s->stage)
 		journal_close(s->stage);
 	if (s->env) {
@@ -674,13 +698,15 @@ store_begin_sync(struct store *s, uint64_t epoch,
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
 		return sfail(s, "store: %s", mdb_strerror(rc));
 	if (drop_db(s, txn, s->points) || drop_db(s, txn, s->undo) ||
-	    drop_db(s, txn, s->redo) || (rc = save_info(s, txn)) != 0) {
+	    drop_db(s, txn, s->redo) || (rc = ul_reset(s, txn)) != 0 ||
+	    (rc = save_info(s, txn)) != 0) {
 		mdb_txn_abort(txn);
 		return rc ? sfail(s, "store: %s", mdb_strerror(rc)) : -1;
 	}
 	if ((rc = mdb_txn_commit(txn)) != 0 ||
 	    (rc = mdb_env_sync(s->env, 1)) != 0)
 		return sfail(s, "store: %s", mdb_strerror(rc));
+	ul_remove_all(s);
 	return 0;
 }
 

@@ -2,8 +2,8 @@
  * store_int.h: what the parts of the DR store share.  store.c keeps the
  * store itself (meta, images, block and point records, the initial copy,
  * repair on open); apply.c receives and applies entries; history.c walks
- * the history (failover, cancel, commit, retention).  Not for use outside
- * recovery/.
+ * the history (failover, cancel, commit, retention); undolog.c keeps the
+ * data of undo records outside LMDB.  Not for use outside recovery/.
  */
 #ifndef REPLICAD_STORE_INT_H
 #define REPLICAD_STORE_INT_H
@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "store.h"
 #include "kv.h"
@@ -22,8 +23,11 @@
 #define CAPTURE_THREADS	8		/* before-image reads at once */
 #define AHEAD_BYTES	(8u << 20)	/* staged data that is applied ahead */
 
-/* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data. */
+/* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data;
+ * with BR_ZERO or BR_REF the flag is followed by the length (4), and a
+ * BR_REF record's value is the offset of its data in the undo log. */
 #define BR_ZERO 1
+#define BR_REF	2
 
 struct memchunk {
 	struct jentry *e;
@@ -60,6 +64,13 @@ struct store {
 	uint32_t cur_disk;	/* initial copy cursor, not yet durable */
 	uint64_t cur_off, cur_base;
 	uint8_t *buf;		/* CHUNK_BYTES + a block */
+	/* the undo log (undolog.c): segment files under ul_dir */
+	char *ul_dir;
+	uint64_t ul_head;	/* next free slot (meta "uhead") */
+	int ul_wfd, ul_rfd;	/* a segment open to append, to read */
+	uint64_t ul_wseg, ul_rseg;
+	uint64_t *ul_freed;	/* slots freed by the open transaction */
+	size_t ul_nfreed;
 	char err[512];
 };
 
@@ -82,10 +93,14 @@ size_t br_prefix(uint8_t *key, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk);
 int br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk);
+int block_is_zero(const uint8_t *p, size_t len);
 int br_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk, const uint8_t *data, size_t len);
-int br_decode(const MDB_val *k, const MDB_val *d, size_t plen,
-    uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len);
+int br_put_ref(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
+    uint32_t disk, uint64_t blk, uint64_t off, size_t len);
+/* 0, -1 for a malformed record, -2 for a failed read (s->err says) */
+int br_decode(struct store *s, const MDB_val *k, const MDB_val *d,
+    size_t plen, uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len);
 int pt_put(MDB_txn *txn, MDB_dbi dbi, const struct store_point *p,
     int merging);
 int pt_load(struct store *s, struct store_point **out, uint8_t **merging,
@@ -96,6 +111,29 @@ int mem_wait(struct store *s);
 void mem_drop(struct store *s);
 /* Apply or drop what memory holds, whatever the gap: for failover. */
 void store_settle(struct store *s);
+
+/* undolog.c: before-image data outside LMDB.  Functions returning int
+ * return 0, or -1 with s->err set, or (those taking a txn) an mdb or
+ * errno code. */
+int ul_open(struct store *s, MDB_txn *txn);
+void ul_close(struct store *s);
+/* Append N 4 KiB blocks at the head, synced; *FIRST is the first's
+ * offset, the rest follow.  The head is then recorded by ul_put_head in
+ * the transaction that refers to them. */
+int ul_append(struct store *s, struct iovec *iov, size_t n,
+    uint64_t *first);
+int ul_put_head(struct store *s, MDB_txn *txn);
+int ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len);
+/* A record's slot is freed by the open transaction: ul_put_freed before
+ * its commit, ul_punch_freed after it (ul_forget_freed if it aborts). */
+int ul_free(struct store *s, uint64_t off);
+int ul_put_freed(struct store *s, MDB_txn *txn);
+void ul_punch_freed(struct store *s);
+void ul_forget_freed(struct store *s);
+/* Every undo record is dropped in TXN: the head returns to 0; after the
+ * commit, ul_remove_all removes the segments. */
+int ul_reset(struct store *s, MDB_txn *txn);
+void ul_remove_all(struct store *s);
 
 /* history.c */
 int restore_redo(struct store *s);

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -116,6 +117,31 @@ teardown(void **state)
 	}
 	free(f);
 	return 0;
+}
+
+/* Bytes the undo log's segments hold on disk, and how many there are. */
+static uint64_t
+undo_alloc(struct fx *f, int *nseg)
+{
+	char dir[192], path[512];
+	struct dirent *de;
+	struct stat st;
+	uint64_t total = 0;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "%s/undo", f->sdir);
+	assert_non_null(d = opendir(dir));
+	*nseg = 0;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		assert_int_equal(stat(path, &st), 0);
+		total += (uint64_t)st.st_blocks * 512;
+		(*nseg)++;
+	}
+	closedir(d);
+	return total;
 }
 
 #define CHECK(call) do {						\
@@ -568,6 +594,13 @@ test_full_cycle(void **state)
 	check_point(f, 5, "failover before commit");
 	CHECK(store_commit(f->s));
 	check_point(f, 5, "commit");
+	{
+		int nseg;
+
+		/* no history left: nor any undo data */
+		assert_int_equal(undo_alloc(f, &nseg), 0);
+		assert_int_equal(nseg, 0);
+	}
 	store_info(f->s, &info);
 	assert_int_equal(info.state, STORE_COMMITTED);
 	assert_int_equal(info.last_point, 5);
@@ -612,13 +645,18 @@ test_retain(void **state)
 	uint8_t keep[MAXP];
 	struct plist l;
 	size_t kept = 0;
-	int dropped = -1;
+	uint64_t alloc0;
+	int dropped = -1, nseg;
 
 	initial_sync(f);
 	for (int i = 0; i < npts; i++) {
 		times[i] = T0 + i * 10 * MIN_MS + (int64_t)(rnd(f) % 1000);
 		interval(f, times[i]);
 	}
+	/* the before-images are in the undo log, not in LMDB */
+	alloc0 = undo_alloc(f, &nseg);
+	assert_true(alloc0 >= 256 * 1024);
+	assert_true(nseg >= 1);
 	now = times[npts - 1] + 5 * MIN_MS;
 	retention_select(times, (size_t)npts, rules, 3, now, keep);
 	for (int i = 0; i < npts; i++)
@@ -682,6 +720,10 @@ test_retain(void **state)
 		assert_int_equal(l.n, 1);
 		assert_int_equal(l.p[0].id, (uint64_t)npts);
 		check_all_points(f, "only the newest left");
+		/* what the dropped points kept is given back */
+		assert_true(undo_alloc(f, &nseg) < alloc0 / 8);
+		reopen(f);
+		check_all_points(f, "only the newest left, reopened");
 	}
 	/* and history grows again from there */
 	interval(f, now + 1);

@@ -1,0 +1,361 @@
+/*
+ * undolog.c: the data of undo records (before-images), in segment files
+ * under DIR/undo written around the page cache (O_DIRECT where the file
+ * system has it).  An undo record in LMDB holds the offset of its block
+ * here (BR_REF); LMDB stays the index and the one place of truth.
+ *
+ * Blocks are appended at the head, a 4 KiB slot each, and synced before
+ * the transaction that refers to them commits: a record never points at
+ * data that a crash can take away.  The head (meta "uhead") only grows,
+ * so a slot is never written twice while anything may refer to it; a
+ * crash leaves at most unreferenced slots past the committed head, which
+ * the next append overwrites.  Slots freed by retention are punched out
+ * after their transaction commits (the list is kept in meta "upunch" so
+ * that a crash before the punch repeats it on open), and a segment left
+ * with no data is removed.  When no undo record remains (commit, a new
+ * initial copy) the head returns to 0 and every segment is removed.
+ */
+#include "store_int.h"
+#include "fileio.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define UL_SEG_BYTES	(64ull << 20)	/* one segment file */
+#define UL_PUNCH_MAX	8192		/* slots freed per transaction */
+
+static const MDB_val k_head = { 5, "uhead" };
+static const MDB_val k_punch = { 6, "upunch" };
+
+static int
+seg_path(struct store *s, uint64_t seg, char *path, size_t len)
+{
+	int n = snprintf(path, len, "%s/%016llx", s->ul_dir,
+	    (unsigned long long)seg);
+
+	return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+/* The segment of SEG open for writing (created if need be). */
+static int
+seg_wfd(struct store *s, uint64_t seg)
+{
+	char path[PATH_MAX];
+
+	if (s->ul_wfd >= 0 && s->ul_wseg == seg)
+		return s->ul_wfd;
+	if (s->ul_wfd >= 0) {
+		/* what went to the last one is synced before moving on */
+		if (fdatasync(s->ul_wfd) == -1)
+			return sfail(s, "undo: sync: %s", strerror(errno));
+		close(s->ul_wfd);
+		s->ul_wfd = -1;
+	}
+	if (seg_path(s, seg, path, sizeof(path)) != 0)
+		return sfail(s, "undo: path too long");
+	s->ul_wfd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_DIRECT,
+	    0600);
+	if (s->ul_wfd == -1 && errno == EINVAL)	/* no O_DIRECT here */
+		s->ul_wfd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (s->ul_wfd == -1)
+		return sfail(s, "undo: open %s: %s", path, strerror(errno));
+	s->ul_wseg = seg;
+	return s->ul_wfd;
+}
+
+static int
+seg_rfd(struct store *s, uint64_t seg)
+{
+	char path[PATH_MAX];
+
+	if (s->ul_rfd >= 0 && s->ul_rseg == seg)
+		return s->ul_rfd;
+	if (s->ul_rfd >= 0)
+		close(s->ul_rfd);
+	s->ul_rfd = -1;
+	if (seg_path(s, seg, path, sizeof(path)) != 0)
+		return sfail(s, "undo: path too long");
+	if ((s->ul_rfd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		return sfail(s, "undo: open %s: %s", path, strerror(errno));
+	s->ul_rseg = seg;
+	return s->ul_rfd;
+}
+
+/* Write IOV[0..N) (4 KiB each) at OFF of FD, all of it. */
+static int
+writev_full(int fd, struct iovec *iov, size_t n, uint64_t off)
+{
+	while (n > 0) {
+		int cnt = n < IOV_MAX ? (int)n : IOV_MAX;
+		ssize_t w = pwritev(fd, iov, cnt, (off_t)off);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (w == 0) {
+			errno = EIO;
+			return -1;
+		}
+		off += (uint64_t)w;
+		while (n > 0 && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (w > 0) {	/* a short write inside a block */
+			if (pwrite_full(fd, (uint8_t *)iov->iov_base + w,
+			    iov->iov_len - (size_t)w, off) != 0)
+				return -1;
+			off += iov->iov_len - (size_t)w;
+			iov++;
+			n--;
+		}
+	}
+	return 0;
+}
+
+int
+ul_append(struct store *s, struct iovec *iov, size_t n, uint64_t *first)
+{
+	uint64_t at = s->ul_head;
+	size_t i = 0;
+
+	*first = at;
+	while (i < n) {
+		uint64_t seg = at / UL_SEG_BYTES;
+		size_t room = (size_t)((UL_SEG_BYTES - at % UL_SEG_BYTES) /
+		    STORE_BLOCK), cnt = n - i < room ? n - i : room;
+		int fd = seg_wfd(s, seg);
+
+		if (fd < 0)
+			return -1;
+		if (writev_full(fd, iov + i, cnt, at % UL_SEG_BYTES) != 0)
+			return sfail(s, "undo: write: %s", strerror(errno));
+		i += cnt;
+		at += (uint64_t)cnt * STORE_BLOCK;
+	}
+	if (n > 0 && fdatasync(s->ul_wfd) == -1)
+		return sfail(s, "undo: sync: %s", strerror(errno));
+	s->ul_head = at;
+	return 0;
+}
+
+int
+ul_put_head(struct store *s, MDB_txn *txn)
+{
+	uint8_t v[8];
+	MDB_val d = { 8, v };
+
+	kv_put64(v, s->ul_head);
+	return mdb_put(txn, s->meta, (MDB_val *)&k_head, &d, 0);
+}
+
+int
+ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len)
+{
+	int fd;
+
+	if (len > STORE_BLOCK || off % STORE_BLOCK != 0 || off >= s->ul_head)
+		return sfail(s, "undo: record at %llu outside the log "
+		    "(head %llu)", (unsigned long long)off,
+		    (unsigned long long)s->ul_head);
+	if ((fd = seg_rfd(s, off / UL_SEG_BYTES)) < 0)
+		return -1;
+	if (pread_full(fd, buf, len, off % UL_SEG_BYTES) != 0)
+		return sfail(s, "undo: read: %s", strerror(errno));
+	return 0;
+}
+
+int
+ul_free(struct store *s, uint64_t off)
+{
+	if (s->ul_nfreed == UL_PUNCH_MAX)
+		return MDB_BAD_VALSIZE;	/* callers free fewer per txn */
+	if (s->ul_freed == NULL &&
+	    (s->ul_freed = malloc(UL_PUNCH_MAX * sizeof(uint64_t))) == NULL)
+		return ENOMEM;
+	s->ul_freed[s->ul_nfreed++] = off;
+	return 0;
+}
+
+int
+ul_put_freed(struct store *s, MDB_txn *txn)
+{
+	uint8_t *v;
+	MDB_val d;
+	int rc;
+
+	if (s->ul_nfreed == 0)
+		return 0;
+	if ((v = malloc(s->ul_nfreed * 8)) == NULL)
+		return ENOMEM;
+	for (size_t i = 0; i < s->ul_nfreed; i++)
+		kv_put64(v + i * 8, s->ul_freed[i]);
+	d.mv_size = s->ul_nfreed * 8;
+	d.mv_data = v;
+	rc = mdb_put(txn, s->meta, (MDB_val *)&k_punch, &d, 0);
+	free(v);
+	return rc;
+}
+
+/* Punch out OFF[0..N) and remove segments left with no data. */
+static void
+punch(struct store *s, const uint64_t *off, size_t n)
+{
+	uint64_t last = UINT64_MAX;
+
+	for (size_t i = 0; i <= n; i++) {
+		uint64_t seg = i < n ? off[i] / UL_SEG_BYTES : UINT64_MAX;
+		char path[PATH_MAX];
+		int fd;
+
+		if (seg != last && last != UINT64_MAX &&
+		    last != s->ul_head / UL_SEG_BYTES &&
+		    seg_path(s, last, path, sizeof(path)) == 0 &&
+		    (fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
+			/* a segment behind the head with no data left */
+			if (lseek(fd, 0, SEEK_DATA) == -1 && errno == ENXIO)
+				unlink(path);
+			close(fd);
+		}
+		if (i == n)
+			break;
+		last = seg;
+		if (seg_path(s, seg, path, sizeof(path)) != 0 ||
+		    (fd = open(path, O_WRONLY | O_CLOEXEC)) < 0)
+			continue;	/* removed already */
+		/* the space comes back (a file system without holes keeps
+		 * it until every undo record goes, at commit) */
+		(void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		    (off_t)(off[i] % UL_SEG_BYTES), STORE_BLOCK);
+		close(fd);
+	}
+	if (s->ul_rfd >= 0) {	/* it may name a removed segment */
+		close(s->ul_rfd);
+		s->ul_rfd = -1;
+	}
+}
+
+static int
+u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+void
+ul_punch_freed(struct store *s)
+{
+	qsort(s->ul_freed, s->ul_nfreed, sizeof(uint64_t), u64_cmp);
+	punch(s, s->ul_freed, s->ul_nfreed);
+	s->ul_nfreed = 0;
+}
+
+void
+ul_forget_freed(struct store *s)
+{
+	s->ul_nfreed = 0;
+}
+
+int
+ul_reset(struct store *s, MDB_txn *txn)
+{
+	int rc;
+
+	s->ul_head = 0;
+	s->ul_nfreed = 0;
+	if ((rc = ul_put_head(s, txn)) != 0)
+		return rc;
+	rc = mdb_del(txn, s->meta, (MDB_val *)&k_punch, NULL);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+void
+ul_remove_all(struct store *s)
+{
+	DIR *d;
+	struct dirent *de;
+	char path[PATH_MAX];
+
+	if (s->ul_wfd >= 0)
+		close(s->ul_wfd);
+	if (s->ul_rfd >= 0)
+		close(s->ul_rfd);
+	s->ul_wfd = s->ul_rfd = -1;
+	if ((d = opendir(s->ul_dir)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (strlen(de->d_name) != 16 ||
+		    strspn(de->d_name, "0123456789abcdef") != 16)
+			continue;
+		if (snprintf(path, sizeof(path), "%s/%s", s->ul_dir,
+		    de->d_name) < (int)sizeof(path))
+			unlink(path);
+	}
+	closedir(d);
+}
+
+int
+ul_open(struct store *s, MDB_txn *txn)
+{
+	MDB_val d;
+	int rc;
+
+	s->ul_wfd = s->ul_rfd = -1;
+	if (asprintf(&s->ul_dir, "%s/undo", s->dir) < 0) {
+		s->ul_dir = NULL;
+		return ENOMEM;
+	}
+	if (mkdir(s->ul_dir, 0700) == -1 && errno != EEXIST)
+		return errno;
+	rc = mdb_get(txn, s->meta, (MDB_val *)&k_head, &d);
+	if (rc == 0 && d.mv_size == 8)
+		s->ul_head = kv_get64(d.mv_data);
+	else if (rc != 0 && rc != MDB_NOTFOUND)
+		return rc;
+	if (s->ul_head == 0) {	/* orphans of a crash, or a reset */
+		ul_remove_all(s);
+		return 0;
+	}
+	/* slots freed just before a crash: punching again is harmless,
+	 * since the head never comes back over them */
+	rc = mdb_get(txn, s->meta, (MDB_val *)&k_punch, &d);
+	if (rc == 0 && d.mv_size % 8 == 0) {
+		size_t n = d.mv_size / 8;
+		uint64_t *off = malloc(n ? n * sizeof(*off) : 1);
+
+		if (off == NULL)
+			return ENOMEM;
+		for (size_t i = 0; i < n; i++)
+			off[i] = kv_get64((const uint8_t *)d.mv_data + i * 8);
+		qsort(off, n, sizeof(*off), u64_cmp);
+		punch(s, off, n);
+		free(off);
+	} else if (rc != 0 && rc != MDB_NOTFOUND) {
+		return rc;
+	}
+	return 0;
+}
+
+void
+ul_close(struct store *s)
+{
+	if (s->ul_wfd >= 0)
+		close(s->ul_wfd);
+	if (s->ul_rfd >= 0)
+		close(s->ul_rfd);
+	s->ul_wfd = s->ul_rfd = -1;
+	free(s->ul_freed);
+	free(s->ul_dir);
+}
