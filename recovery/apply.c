@@ -362,10 +362,10 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from,
 	struct crun *runs = NULL;
 	struct iovec *iov = NULL;
 	size_t nb = 0, cap = 0, nruns = 0, niov = 0;
-	uint64_t first;
+	uint64_t first = 0;
 	MDB_txn *txn;
 	MDB_cursor *cur;
-	int rc, r = -1;
+	int rc, r = -1, appended = 0;
 
 	kv_put64(pre, from);
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
@@ -455,6 +455,7 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from,
 		}
 		if (ul_append(s, iov, niov, &first) != 0)
 			goto out;
+		appended = 1;
 		for (size_t i = 0, j = 0; i < nb; i++) {
 			uint8_t *p = buf + i * STORE_BLOCK;
 			size_t len = blk_len(s, bl[i].disk,
@@ -479,6 +480,8 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from,
 	}
 	rc = mdb_txn_commit(txn);
 	txn = NULL;
+	if (rc == 0)
+		appended = 0;	/* the records own their slots now */
 	if (rc == 0 && sync)
 		rc = mdb_env_sync(s->env, 1);
 	if (rc != 0) {
@@ -491,6 +494,8 @@ out:
 		mdb_cursor_close(cur);
 	if (txn)
 		mdb_txn_abort(txn);
+	if (appended)	/* nothing refers to them: written over next */
+		s->ul_head = first;
 	free(bl);
 	free(runs);
 	free(iov);
@@ -501,8 +506,10 @@ out:
 /*
  * Save before-images as entries arrive rather than all at the point: the
  * images hold the latest point until then, so what is read now is what
- * the point's apply would read, and the reads overlap the transfer.  Not
- * synced here: the apply syncs before it writes the images.
+ * the point's apply would read, and the reads overlap the transfer.  The
+ * records are not synced here (the apply syncs before it writes the
+ * images); their data in the undo log is, since any later sync could
+ * make the records durable.
  */
 static int
 precapture(struct store *s, const struct jentry *e, size_t n)

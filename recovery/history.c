@@ -81,6 +81,7 @@ play_undo(struct store *s, uint64_t q)
 			/* redo: first touch keeps the latest point's bytes */
 			rc = br_exists(txn, s->redo, NULL, 0, disk, blk);
 			if (rc < 0) {
+				sfail(s, "failover: redo lookup failed");
 				rc = EIO;
 				break;
 			}
@@ -101,7 +102,8 @@ play_undo(struct store *s, uint64_t q)
 		if (rc != 0 && rc != MDB_NOTFOUND) {
 			mdb_txn_abort(txn);
 			free(recs);
-			return sfail(s, "failover: %s", rc == EIO ? s->err :
+			/* EIO: s->err names the cause already */
+			return rc == EIO ? -1 : sfail(s, "failover: %s",
 			    mdb_strerror(rc));
 		}
 		if ((rc = mdb_txn_commit(txn)) != 0 ||

@@ -558,7 +558,6 @@ store_open(const char *dir, char *err, size_t errlen)
 	    (rc = mdb_dbi_open(txn, "undo", MDB_CREATE, &s->undo)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "redo", MDB_CREATE, &s->redo)) != 0 ||
 	    (rc = load_info(s, txn)) != 0 ||
-	    (rc = ul_open(s, txn)) != 0 ||
 	    (rc = mdb_txn_commit(txn)) != 0) {
 		if (txn && rc != 0)
 			mdb_txn_abort(txn);
@@ -588,7 +587,7 @@ store_open(const char *dir, char *err, size_t errlen)
 	s->cur_disk = s->info.sync_disk;
 	s->cur_off = s->info.sync_off;
 	s->cur_base = s->info.sync_base;
-	if (open_disks(s, 0) != 0 || repair(s) != 0) {
+	if (ul_open(s) != 0 || open_disks(s, 0) != 0 || repair(s) != 0) {
 		snprintf(err, errlen, "%s", s->err);
 		goto fail;
 	}

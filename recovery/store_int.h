@@ -115,7 +115,7 @@ void store_settle(struct store *s);
 /* undolog.c: before-image data outside LMDB.  Functions returning int
  * return 0, or -1 with s->err set, or (those taking a txn) an mdb or
  * errno code. */
-int ul_open(struct store *s, MDB_txn *txn);
+int ul_open(struct store *s);
 void ul_close(struct store *s);
 /* Append N 4 KiB blocks at the head, synced; *FIRST is the first's
  * offset, the rest follow.  The head is then recorded by ul_put_head in
@@ -130,8 +130,9 @@ int ul_free(struct store *s, uint64_t off);
 int ul_put_freed(struct store *s, MDB_txn *txn);
 void ul_punch_freed(struct store *s);
 void ul_forget_freed(struct store *s);
-/* Every undo record is dropped in TXN: the head returns to 0; after the
- * commit, ul_remove_all removes the segments. */
+/* Every undo record is dropped in TXN: the head is recorded as 0; once
+ * the commit is durable, ul_remove_all removes the segments and moves
+ * the head in memory. */
 int ul_reset(struct store *s, MDB_txn *txn);
 void ul_remove_all(struct store *s);
 

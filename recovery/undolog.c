@@ -44,6 +44,18 @@ seg_path(struct store *s, uint64_t seg, char *path, size_t len)
 	return n < 0 || (size_t)n >= len ? -1 : 0;
 }
 
+static int
+sync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r;
+
+	if (fd == -1)
+		return -1;
+	r = fsync(fd);
+	close(fd);
+	return r;
+}
+
 /* The segment of SEG open for writing (created if need be). */
 static int
 seg_wfd(struct store *s, uint64_t seg)
@@ -68,6 +80,10 @@ seg_wfd(struct store *s, uint64_t seg)
 	if (s->ul_wfd == -1)
 		return sfail(s, "undo: open %s: %s", path, strerror(errno));
 	s->ul_wseg = seg;
+	/* the segment's name is as durable as what it holds */
+	if (sync_dir(s->ul_dir) != 0)
+		return sfail(s, "undo: sync %s: %s", s->ul_dir,
+		    strerror(errno));
 	return s->ul_wfd;
 }
 
@@ -106,20 +122,14 @@ writev_full(int fd, struct iovec *iov, size_t n, uint64_t off)
 			errno = EIO;
 			return -1;
 		}
-		off += (uint64_t)w;
 		while (n > 0 && (size_t)w >= iov->iov_len) {
 			w -= (ssize_t)iov->iov_len;
+			off += iov->iov_len;
 			iov++;
 			n--;
 		}
-		if (w > 0) {	/* a short write inside a block */
-			if (pwrite_full(fd, (uint8_t *)iov->iov_base + w,
-			    iov->iov_len - (size_t)w, off) != 0)
-				return -1;
-			off += iov->iov_len - (size_t)w;
-			iov++;
-			n--;
-		}
+		/* a write that stopped inside a block: that block again,
+		 * whole (direct I/O takes aligned writes only) */
 	}
 	return 0;
 }
@@ -208,37 +218,51 @@ ul_put_freed(struct store *s, MDB_txn *txn)
 	return rc;
 }
 
-/* Punch out OFF[0..N) and remove segments left with no data. */
+/* If segment SEG is behind the head and holds no data, remove it. */
+static void
+drop_if_empty(struct store *s, uint64_t seg)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	if (seg == s->ul_head / UL_SEG_BYTES ||
+	    seg_path(s, seg, path, sizeof(path)) != 0 ||
+	    (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return;
+	if (lseek(fd, 0, SEEK_DATA) == -1 && errno == ENXIO)
+		unlink(path);
+	close(fd);
+}
+
+/* Punch out OFF[0..N) (sorted) and remove segments left with no data. */
 static void
 punch(struct store *s, const uint64_t *off, size_t n)
 {
-	uint64_t last = UINT64_MAX;
+	uint64_t seg = UINT64_MAX;
+	int fd = -1;
 
-	for (size_t i = 0; i <= n; i++) {
-		uint64_t seg = i < n ? off[i] / UL_SEG_BYTES : UINT64_MAX;
+	for (size_t i = 0; i < n; i++) {
 		char path[PATH_MAX];
-		int fd;
 
-		if (seg != last && last != UINT64_MAX &&
-		    last != s->ul_head / UL_SEG_BYTES &&
-		    seg_path(s, last, path, sizeof(path)) == 0 &&
-		    (fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
-			/* a segment behind the head with no data left */
-			if (lseek(fd, 0, SEEK_DATA) == -1 && errno == ENXIO)
-				unlink(path);
-			close(fd);
+		if (off[i] / UL_SEG_BYTES != seg) {
+			if (fd >= 0) {
+				close(fd);
+				drop_if_empty(s, seg);
+			}
+			seg = off[i] / UL_SEG_BYTES;
+			fd = seg_path(s, seg, path, sizeof(path)) == 0 ?
+			    open(path, O_WRONLY | O_CLOEXEC) : -1;
 		}
-		if (i == n)
-			break;
-		last = seg;
-		if (seg_path(s, seg, path, sizeof(path)) != 0 ||
-		    (fd = open(path, O_WRONLY | O_CLOEXEC)) < 0)
-			continue;	/* removed already */
 		/* the space comes back (a file system without holes keeps
 		 * it until every undo record goes, at commit) */
-		(void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-		    (off_t)(off[i] % UL_SEG_BYTES), STORE_BLOCK);
+		if (fd >= 0)
+			(void)fallocate(fd, FALLOC_FL_PUNCH_HOLE |
+			    FALLOC_FL_KEEP_SIZE,
+			    (off_t)(off[i] % UL_SEG_BYTES), STORE_BLOCK);
+	}
+	if (fd >= 0) {
 		close(fd);
+		drop_if_empty(s, seg);
 	}
 	if (s->ul_rfd >= 0) {	/* it may name a removed segment */
 		close(s->ul_rfd);
@@ -257,6 +281,8 @@ u64_cmp(const void *a, const void *b)
 void
 ul_punch_freed(struct store *s)
 {
+	if (s->ul_nfreed == 0)
+		return;
 	qsort(s->ul_freed, s->ul_nfreed, sizeof(uint64_t), u64_cmp);
 	punch(s, s->ul_freed, s->ul_nfreed);
 	s->ul_nfreed = 0;
@@ -271,11 +297,13 @@ ul_forget_freed(struct store *s)
 int
 ul_reset(struct store *s, MDB_txn *txn)
 {
+	uint8_t v[8] = { 0 };
+	MDB_val d = { 8, v };
 	int rc;
 
-	s->ul_head = 0;
-	s->ul_nfreed = 0;
-	if ((rc = ul_put_head(s, txn)) != 0)
+	/* the head in memory stays until the commit is durable: if the
+	 * transaction fails, every record still points into the log */
+	if ((rc = mdb_put(txn, s->meta, (MDB_val *)&k_head, &d, 0)) != 0)
 		return rc;
 	rc = mdb_del(txn, s->meta, (MDB_val *)&k_punch, NULL);
 	return rc == MDB_NOTFOUND ? 0 : rc;
@@ -293,6 +321,8 @@ ul_remove_all(struct store *s)
 	if (s->ul_rfd >= 0)
 		close(s->ul_rfd);
 	s->ul_wfd = s->ul_rfd = -1;
+	s->ul_head = 0;
+	s->ul_nfreed = 0;
 	if ((d = opendir(s->ul_dir)) == NULL)
 		return;
 	while ((de = readdir(d)) != NULL) {
@@ -307,44 +337,55 @@ ul_remove_all(struct store *s)
 }
 
 int
-ul_open(struct store *s, MDB_txn *txn)
+ul_open(struct store *s)
 {
+	MDB_txn *txn;
 	MDB_val d;
+	uint64_t *off = NULL;
+	size_t n = 0;
 	int rc;
 
 	s->ul_wfd = s->ul_rfd = -1;
 	if (asprintf(&s->ul_dir, "%s/undo", s->dir) < 0) {
 		s->ul_dir = NULL;
-		return ENOMEM;
+		return sfail(s, "out of memory");
 	}
 	if (mkdir(s->ul_dir, 0700) == -1 && errno != EEXIST)
-		return errno;
+		return sfail(s, "mkdir %s: %s", s->ul_dir, strerror(errno));
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return sfail(s, "undo: %s", mdb_strerror(rc));
 	rc = mdb_get(txn, s->meta, (MDB_val *)&k_head, &d);
-	if (rc == 0 && d.mv_size == 8)
+	if (rc == 0 && d.mv_size != 8)
+		rc = MDB_CORRUPTED;
+	if (rc == 0)
 		s->ul_head = kv_get64(d.mv_data);
-	else if (rc != 0 && rc != MDB_NOTFOUND)
-		return rc;
-	if (s->ul_head == 0) {	/* orphans of a crash, or a reset */
-		ul_remove_all(s);
-		return 0;
-	}
-	/* slots freed just before a crash: punching again is harmless,
-	 * since the head never comes back over them */
-	rc = mdb_get(txn, s->meta, (MDB_val *)&k_punch, &d);
-	if (rc == 0 && d.mv_size % 8 == 0) {
-		size_t n = d.mv_size / 8;
-		uint64_t *off = malloc(n ? n * sizeof(*off) : 1);
-
-		if (off == NULL)
-			return ENOMEM;
-		for (size_t i = 0; i < n; i++)
+	if (rc == 0 || rc == MDB_NOTFOUND)
+		rc = mdb_get(txn, s->meta, (MDB_val *)&k_punch, &d);
+	if (rc == 0 && d.mv_size % 8 != 0)
+		rc = MDB_CORRUPTED;
+	if (rc == 0 && (n = d.mv_size / 8) > 0) {
+		if ((off = malloc(n * sizeof(*off))) == NULL)
+			rc = ENOMEM;
+		for (size_t i = 0; off != NULL && i < n; i++)
 			off[i] = kv_get64((const uint8_t *)d.mv_data + i * 8);
+	}
+	mdb_txn_abort(txn);
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		free(off);
+		return sfail(s, "undo: head or punch list: %s",
+		    mdb_strerror(rc));
+	}
+	if (s->ul_head == 0) {
+		/* orphans of a crash, or of a reset whose commit went
+		 * through */
+		ul_remove_all(s);
+	} else if (off != NULL) {
+		/* slots freed just before a crash: punching again is
+		 * harmless, since the head never comes back over them */
 		qsort(off, n, sizeof(*off), u64_cmp);
 		punch(s, off, n);
-		free(off);
-	} else if (rc != 0 && rc != MDB_NOTFOUND) {
-		return rc;
 	}
+	free(off);
 	return 0;
 }
 

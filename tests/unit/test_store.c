@@ -12,6 +12,8 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -117,6 +119,21 @@ teardown(void **state)
 	}
 	free(f);
 	return 0;
+}
+
+/* Fault injection: the Nth mdb_drop from now fails (0: none). */
+static int drop_fail;
+
+int
+mdb_drop(MDB_txn *txn, MDB_dbi dbi, int del)
+{
+	static int (*real)(MDB_txn *, MDB_dbi, int);
+
+	if (real == NULL)
+		*(void **)&real = dlsym(RTLD_NEXT, "mdb_drop");
+	if (drop_fail > 0 && --drop_fail == 0)
+		return EIO;
+	return real(txn, dbi, del);
 }
 
 /* Bytes the undo log's segments hold on disk, and how many there are. */
@@ -731,6 +748,31 @@ test_retain(void **state)
 	check_all_points(f, "new points after retain");
 }
 
+/* A commit that fails after dropping the undo records in its transaction
+ * leaves every record, and the log they point into, as it was: later
+ * undo data goes after it, and every point still fails over exactly. */
+static void
+test_commit_fail(void **state)
+{
+	struct fx *f = *state;
+
+	initial_sync(f);
+	for (int i = 0; i < 6; i++)
+		interval(f, T0 + i * MIN_MS);
+	CHECK(store_failover(f->s, 1));
+	check_point(f, 1, "failover");
+	drop_fail = 2;	/* the undo drop goes through, the redo drop fails */
+	assert_int_equal(store_commit(f->s), -1);
+	assert_non_null(strstr(store_error(f->s), "commit"));
+	CHECK(store_cancel(f->s));
+	check_point(f, 6, "cancel after a failed commit");
+	for (int i = 6; i < 30; i++)
+		interval(f, T0 + i * MIN_MS);
+	check_all_points(f, "after a failed commit");
+	reopen(f);
+	check_all_points(f, "after a failed commit, reopened");
+}
+
 /* ------------------------------------------------------------------ */
 /* bad input */
 
@@ -1136,6 +1178,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_full_cycle, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_retain, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_commit_fail, setup,
+		    teardown),
 		cmocka_unit_test_setup_teardown(test_bad_input, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_idempotent, setup,
