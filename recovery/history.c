@@ -29,7 +29,8 @@ play_undo(struct store *s, uint64_t q)
 			uint64_t blk;
 			size_t off, len;
 		} *recs = NULL;
-		size_t n = 0, cap = 0, used = 0;
+		struct ul_rd *rd = NULL;	/* data in the undo log */
+		size_t n = 0, cap = 0, used = 0, nrd = 0;
 		int op = MDB_SET_RANGE;
 
 		if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
@@ -55,22 +56,30 @@ play_undo(struct store *s, uint64_t q)
 				more = 1;
 				break;
 			}
-			if ((rc = br_decode(s, &k, &d, 8, &disk, &blk,
-			    s->buf + used, &len)) != 0 ||
-			    disk >= s->info.ndisks) {
-				rc = rc == -2 ? EIO : MDB_CORRUPTED;
-				break;
-			}
 			if (n == cap) {
-				void *nr;
+				void *nr, *nd;
 
 				cap = cap ? cap * 2 : 1024;
-				if ((nr = realloc(recs, cap *
-				    sizeof(*recs))) == NULL) {
+				nr = realloc(recs, cap * sizeof(*recs));
+				if (nr != NULL)
+					recs = nr;
+				nd = realloc(rd, cap * sizeof(*rd));
+				if (nd != NULL)
+					rd = nd;
+				if (nr == NULL || nd == NULL) {
 					rc = ENOMEM;
 					break;
 				}
-				recs = nr;
+			}
+			rc = br_decode(s, &k, &d, 8, &disk, &blk,
+			    s->buf + used, &len, &rd[nrd]);
+			if (rc == 1) {
+				nrd++;	/* read below, with the others */
+				rc = 0;
+			}
+			if (rc != 0 || disk >= s->info.ndisks) {
+				rc = rc == -2 ? EIO : MDB_CORRUPTED;
+				break;
 			}
 			recs[n].disk = disk;
 			recs[n].blk = blk;
@@ -99,6 +108,10 @@ play_undo(struct store *s, uint64_t q)
 			rc = 0;
 		}
 		mdb_cursor_close(cur);
+		if ((rc == 0 || rc == MDB_NOTFOUND) &&
+		    ul_read_many(s, rd, nrd) != 0)
+			rc = EIO;
+		free(rd);
 		if (rc != 0 && rc != MDB_NOTFOUND) {
 			mdb_txn_abort(txn);
 			free(recs);
@@ -145,7 +158,8 @@ restore_redo(struct store *s)
 		size_t len;
 
 		op = MDB_NEXT;
-		if (br_decode(s, &k, &d, 0, &disk, &blk, block, &len) != 0 ||
+		if (br_decode(s, &k, &d, 0, &disk, &blk, block, &len,
+		    NULL) != 0 ||
 		    disk >= s->info.ndisks) {
 			rc = MDB_CORRUPTED;
 			break;

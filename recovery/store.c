@@ -335,7 +335,8 @@ br_put_ref(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
 /* Decode a record at (k, d) with prefix length PLEN into buf. */
 int
 br_decode(struct store *s, const MDB_val *k, const MDB_val *d, size_t plen,
-    uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len)
+    uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len,
+    struct ul_rd *defer)
 {
 	const uint8_t *p = k->mv_data;
 	size_t hl = plen + 13;
@@ -356,6 +357,12 @@ br_decode(struct store *s, const MDB_val *k, const MDB_val *d, size_t plen,
 		}
 		if (d->mv_size != 8)
 			return -1;
+		if (defer != NULL) {
+			defer->off = kv_get64(d->mv_data);
+			defer->buf = buf;
+			defer->len = *len;
+			return 1;
+		}
 		return ul_read(s, kv_get64(d->mv_data), buf, *len) ? -2 : 0;
 	}
 	*len = k->mv_size - hl + d->mv_size;

@@ -29,6 +29,13 @@
 #define BR_ZERO 1
 #define BR_REF	2
 
+/* A read from the undo log: LEN bytes at OFF into BUF. */
+struct ul_rd {
+	uint64_t off;
+	uint8_t *buf;
+	size_t len;
+};
+
 struct memchunk {
 	struct jentry *e;
 	size_t n, cap;
@@ -98,9 +105,12 @@ int br_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk, const uint8_t *data, size_t len);
 int br_put_ref(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk, uint64_t off, size_t len);
-/* 0, -1 for a malformed record, -2 for a failed read (s->err says) */
+/* 0, -1 for a malformed record, -2 for a failed read (s->err says).
+ * With DEFER, data in the undo log is not read: DEFER says where it is
+ * and where it goes (buf), and the return is 1. */
 int br_decode(struct store *s, const MDB_val *k, const MDB_val *d,
-    size_t plen, uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len);
+    size_t plen, uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len,
+    struct ul_rd *defer);
 int pt_put(MDB_txn *txn, MDB_dbi dbi, const struct store_point *p,
     int merging);
 int pt_load(struct store *s, struct store_point **out, uint8_t **merging,
@@ -124,6 +134,8 @@ int ul_append(struct store *s, struct iovec *iov, size_t n,
     uint64_t *first);
 int ul_put_head(struct store *s, MDB_txn *txn);
 int ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len);
+/* Many reads at once (sorted here, in parallel). */
+int ul_read_many(struct store *s, struct ul_rd *v, size_t n);
 /* A record's slot is freed by the open transaction: ul_put_freed before
  * its commit, ul_punch_freed after it (ul_forget_freed if it aborts). */
 int ul_free(struct store *s, uint64_t off);

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,6 +185,148 @@ ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len)
 	if (pread_full(fd, buf, len, off % UL_SEG_BYTES) != 0)
 		return sfail(s, "undo: read: %s", strerror(errno));
 	return 0;
+}
+
+/*
+ * Read many slots at once (a failover's batch): sorted by offset, slots
+ * next to each other read with one preadv, by up to UL_THREADS threads.
+ * Blocks captured together lie together in the log, so a point's blocks
+ * come back in long runs even where the point's writes were random.
+ */
+#define UL_THREADS	8
+#define UL_RUN		256	/* slots per preadv */
+
+struct ul_run {
+	int fd;
+	uint64_t off;		/* in the segment */
+	size_t first, cnt;	/* slots v[first..first+cnt) */
+	int err;
+};
+
+struct ul_rctx {
+	struct ul_rd *v;
+	struct ul_run *runs;
+	size_t nruns;
+	size_t next;		/* next run to read (atomic) */
+};
+
+static int
+rd_cmp(const void *a, const void *b)
+{
+	const struct ul_rd *x = a, *y = b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static void *
+rd_worker(void *arg)
+{
+	struct ul_rctx *r = arg;
+	size_t i;
+
+	while ((i = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED)) <
+	    r->nruns) {
+		struct ul_run *u = &r->runs[i];
+		struct iovec iov[UL_RUN];
+		size_t total = 0;
+		ssize_t got;
+
+		for (size_t k = 0; k < u->cnt; k++) {
+			iov[k].iov_base = r->v[u->first + k].buf;
+			iov[k].iov_len = r->v[u->first + k].len;
+			total += iov[k].iov_len;
+		}
+		do
+			got = preadv(u->fd, iov, (int)u->cnt, (off_t)u->off);
+		while (got < 0 && errno == EINTR);
+		if (got == (ssize_t)total)
+			continue;
+		/* short (or failed): slot by slot */
+		for (size_t k = 0; k < u->cnt && !u->err; k++)
+			if (pread_full(u->fd, iov[k].iov_base, iov[k].iov_len,
+			    u->off + k * STORE_BLOCK) != 0)
+				u->err = errno ? errno : EIO;
+	}
+	return NULL;
+}
+
+int
+ul_read_many(struct store *s, struct ul_rd *v, size_t n)
+{
+	struct ul_run *runs = NULL;
+	struct { uint64_t seg; int fd; } *fds = NULL;
+	size_t nruns = 0, nfds = 0, nth, started = 0;
+	pthread_t th[UL_THREADS];
+	struct ul_rctx r;
+	int ret = -1;
+
+	if (n == 0)
+		return 0;
+	qsort(v, n, sizeof(*v), rd_cmp);
+	if ((runs = calloc(n, sizeof(*runs))) == NULL ||
+	    (fds = calloc(n, sizeof(*fds))) == NULL) {
+		sfail(s, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint64_t seg = v[i].off / UL_SEG_BYTES;
+		struct ul_run *u = nruns ? &runs[nruns - 1] : NULL;
+
+		if (v[i].len > STORE_BLOCK || v[i].off % STORE_BLOCK != 0 ||
+		    v[i].off >= s->ul_head) {
+			sfail(s, "undo: record at %llu outside the log "
+			    "(head %llu)", (unsigned long long)v[i].off,
+			    (unsigned long long)s->ul_head);
+			goto out;
+		}
+		if (u && v[i].off / UL_SEG_BYTES == v[u->first].off /
+		    UL_SEG_BYTES && v[i].off == v[i - 1].off + STORE_BLOCK &&
+		    v[i - 1].len == STORE_BLOCK && u->cnt < UL_RUN) {
+			u->cnt++;
+			continue;
+		}
+		if (nfds == 0 || fds[nfds - 1].seg != seg) {
+			char path[PATH_MAX];
+
+			if (seg_path(s, seg, path, sizeof(path)) != 0) {
+				sfail(s, "undo: path too long");
+				goto out;
+			}
+			if ((fds[nfds].fd = open(path, O_RDONLY |
+			    O_CLOEXEC)) == -1) {
+				sfail(s, "undo: open %s: %s", path,
+				    strerror(errno));
+				goto out;
+			}
+			fds[nfds++].seg = seg;
+		}
+		runs[nruns].fd = fds[nfds - 1].fd;
+		runs[nruns].off = v[i].off % UL_SEG_BYTES;
+		runs[nruns].first = i;
+		runs[nruns++].cnt = 1;
+	}
+	r.v = v;
+	r.runs = runs;
+	r.nruns = nruns;
+	r.next = 0;
+	nth = nruns / 4 < UL_THREADS ? nruns / 4 : UL_THREADS;
+	for (; started < nth; started++)
+		if (pthread_create(&th[started], NULL, rd_worker, &r) != 0)
+			break;
+	rd_worker(&r);
+	for (size_t i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	ret = 0;
+	for (size_t i = 0; i < nruns && ret == 0; i++)
+		if (runs[i].err)
+			ret = sfail(s, "undo: read: %s",
+			    strerror(runs[i].err));
+out:
+	for (size_t i = 0; i < nfds; i++)
+		close(fds[i].fd);
+	free(fds);
+	free(runs);
+	return ret;
 }
 
 int

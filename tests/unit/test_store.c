@@ -773,6 +773,28 @@ test_commit_fail(void **state)
 	check_all_points(f, "after a failed commit, reopened");
 }
 
+/* Undo data gone from under the store (a segment removed by hand): the
+ * failover that needs it stops naming the undo log, and cancel brings the
+ * latest point back. */
+static void
+test_undo_lost(void **state)
+{
+	struct fx *f = *state;
+	char path[256];
+	struct stat st;
+
+	initial_sync(f);
+	for (int i = 0; i < 4; i++)
+		interval(f, T0 + i * MIN_MS);
+	snprintf(path, sizeof(path), "%s/undo/%016x", f->sdir, 0);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(store_failover(f->s, 1), -1);
+	assert_non_null(strstr(store_error(f->s), "undo"));
+	CHECK(store_cancel(f->s));
+	check_point(f, 4, "cancel after undo data was lost");
+}
+
 /* ------------------------------------------------------------------ */
 /* bad input */
 
@@ -1179,6 +1201,8 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_retain, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_commit_fail, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_undo_lost, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_bad_input, setup,
 		    teardown),
