@@ -272,11 +272,6 @@ collect(const struct jentry *e, void *arg)
  * few threads at once: with the page cache cold these are random reads,
  * and one at a time they bound how fast the DR site keeps up.
  */
-struct cblk {
-	uint32_t disk;
-	uint64_t blk;
-};
-
 struct crun {
 	uint32_t disk;
 	uint64_t off;		/* in the image */
@@ -350,6 +345,43 @@ read_runs(struct store *s, struct crun *runs, size_t nruns, uint8_t *buf)
 	return 0;
 }
 
+/* Read blocks BL[0..NB) (sorted, distinct) into BUF, a 4 KiB slot each
+ * (a short last block of a disk is padded with zeroes). */
+int
+read_blocks(struct store *s, const struct cblk *bl, size_t nb, uint8_t *buf)
+{
+	struct crun *runs;
+	size_t nruns = 0;
+	int r;
+
+	if (nb == 0)
+		return 0;
+	if ((runs = calloc(nb, sizeof(*runs))) == NULL)
+		return sfail(s, "out of memory");
+	for (size_t i = 0; i < nb; i++) {
+		struct crun *last = nruns ? &runs[nruns - 1] : NULL;
+		uint64_t off = bl[i].blk * STORE_BLOCK;
+		size_t len = blk_len(s, bl[i].disk, off);
+
+		memset(buf + i * STORE_BLOCK + len, 0, STORE_BLOCK - len);
+		/* only a disk's last block can be short, and it ends its
+		 * run: slots and image bytes stay in step */
+		if (last && last->disk == bl[i].disk &&
+		    last->off + last->len == off &&
+		    last->len < RUN_BLOCKS * STORE_BLOCK) {
+			last->len += len;
+		} else {
+			runs[nruns].disk = bl[i].disk;
+			runs[nruns].off = off;
+			runs[nruns].len = len;
+			runs[nruns++].at = i * STORE_BLOCK;
+		}
+	}
+	r = read_runs(s, runs, nruns, buf);
+	free(runs);
+	return r;
+}
+
 /* Save the before-image of every block the chunk touches, first touch
  * only, as undo records of point FROM: the data goes to the undo log
  * (synced there), the records to LMDB; commit (and with SYNC, sync). */
@@ -359,9 +391,8 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from,
 {
 	uint8_t pre[8], *buf = NULL;
 	struct cblk *bl = NULL;
-	struct crun *runs = NULL;
 	struct iovec *iov = NULL;
-	size_t nb = 0, cap = 0, nruns = 0, niov = 0;
+	size_t nb = 0, cap = 0, niov = 0;
 	uint64_t first = 0;
 	MDB_txn *txn;
 	MDB_cursor *cur;
@@ -415,39 +446,21 @@ capture_undo(struct store *s, const struct chunk *c, uint64_t from,
 				bl[u++] = bl[i];
 		nb = u;
 		/* a 4 KiB slot per block, aligned for the undo log's
-		 * direct writes; only a disk's last block can be short,
-		 * and it ends its run */
-		if ((runs = calloc(nb, sizeof(*runs))) == NULL ||
-		    (iov = calloc(nb, sizeof(*iov))) == NULL ||
+		 * direct writes */
+		if ((iov = calloc(nb, sizeof(*iov))) == NULL ||
 		    posix_memalign((void **)&buf, STORE_BLOCK,
 		    nb * STORE_BLOCK) != 0) {
 			buf = NULL;
 			sfail(s, "out of memory");
 			goto out;
 		}
-		for (size_t i = 0; i < nb; i++) {
-			struct crun *last = nruns ? &runs[nruns - 1] : NULL;
-			uint64_t off = bl[i].blk * STORE_BLOCK;
-
-			if (last && last->disk == bl[i].disk &&
-			    last->off + last->len == off &&
-			    last->len < RUN_BLOCKS * STORE_BLOCK) {
-				last->len += blk_len(s, bl[i].disk, off);
-			} else {
-				runs[nruns].disk = bl[i].disk;
-				runs[nruns].off = off;
-				runs[nruns].len = blk_len(s, bl[i].disk, off);
-				runs[nruns++].at = i * STORE_BLOCK;
-			}
-		}
-		if (read_runs(s, runs, nruns, buf) != 0)
+		if (read_blocks(s, bl, nb, buf) != 0)
 			goto out;
 		for (size_t i = 0; i < nb; i++) {
 			uint8_t *p = buf + i * STORE_BLOCK;
 			size_t len = blk_len(s, bl[i].disk,
 			    bl[i].blk * STORE_BLOCK);
 
-			memset(p + len, 0, STORE_BLOCK - len);
 			if (!block_is_zero(p, len)) {
 				iov[niov].iov_base = p;
 				iov[niov++].iov_len = STORE_BLOCK;
@@ -497,7 +510,6 @@ out:
 	if (appended)	/* nothing refers to them: written over next */
 		s->ul_head = first;
 	free(bl);
-	free(runs);
 	free(iov);
 	free(buf);
 	return r;

@@ -9,12 +9,42 @@
 
 #include "store_int.h"
 
+/* Save blocks BL[0..N) of the images as redo records in TXN.  The keys
+ * of a point's undo records come in (disk, block) order, so the blocks
+ * are sorted and are read in runs.  Returns 0, EIO (s->err says) or an
+ * mdb error. */
+static int
+keep_redo(struct store *s, MDB_txn *txn, const struct cblk *bl, size_t n)
+{
+	uint8_t *buf;
+	int rc = 0;
+
+	if (n == 0)
+		return 0;
+	if ((buf = malloc(n * STORE_BLOCK)) == NULL)
+		return ENOMEM;
+	if (read_blocks(s, bl, n, buf) != 0) {
+		free(buf);
+		return EIO;
+	}
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		uint64_t off = bl[i].blk * STORE_BLOCK;
+		uint64_t size = s->info.disks[bl[i].disk].size;
+
+		rc = br_put(txn, s->redo, NULL, 0, bl[i].disk, bl[i].blk,
+		    buf + i * STORE_BLOCK, size - off < STORE_BLOCK ?
+		    (size_t)(size - off) : STORE_BLOCK);
+	}
+	free(buf);
+	return rc;
+}
+
 /* Play the undo records of point Q into the images, saving what they
  * overwrite as redo records first. */
 static int
 play_undo(struct store *s, uint64_t q)
 {
-	uint8_t pre[8], key[32 + KV_INLINE_MAX], block[STORE_BLOCK];
+	uint8_t pre[8], key[32 + KV_INLINE_MAX];
 	size_t keylen = 8;
 	int rc, more = 1;
 
@@ -30,7 +60,8 @@ play_undo(struct store *s, uint64_t q)
 			size_t off, len;
 		} *recs = NULL;
 		struct ul_rd *rd = NULL;	/* data in the undo log */
-		size_t n = 0, cap = 0, used = 0, nrd = 0;
+		struct cblk *redo = NULL;	/* blocks to keep as redo */
+		size_t n = 0, cap = 0, used = 0, nrd = 0, nredo = 0;
 		int op = MDB_SET_RANGE;
 
 		if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
@@ -57,7 +88,7 @@ play_undo(struct store *s, uint64_t q)
 				break;
 			}
 			if (n == cap) {
-				void *nr, *nd;
+				void *nr, *nd, *nb;
 
 				cap = cap ? cap * 2 : 1024;
 				nr = realloc(recs, cap * sizeof(*recs));
@@ -66,7 +97,10 @@ play_undo(struct store *s, uint64_t q)
 				nd = realloc(rd, cap * sizeof(*rd));
 				if (nd != NULL)
 					rd = nd;
-				if (nr == NULL || nd == NULL) {
+				nb = realloc(redo, cap * sizeof(*redo));
+				if (nb != NULL)
+					redo = nb;
+				if (nr == NULL || nd == NULL || nb == NULL) {
 					rc = ENOMEM;
 					break;
 				}
@@ -94,24 +128,21 @@ play_undo(struct store *s, uint64_t q)
 				rc = EIO;
 				break;
 			}
-			if (rc == 0) {
-				ssize_t bl = read_block(s, disk, blk, block);
-
-				if (bl < 0) {
-					rc = EIO;
-					break;
-				}
-				if ((rc = br_put(txn, s->redo, NULL, 0, disk,
-				    blk, block, (size_t)bl)) != 0)
-					break;
+			if (rc == 0) {	/* read below, with the others */
+				redo[nredo].disk = disk;
+				redo[nredo++].blk = blk;
 			}
 			rc = 0;
 		}
 		mdb_cursor_close(cur);
-		if ((rc == 0 || rc == MDB_NOTFOUND) &&
-		    ul_read_many(s, rd, nrd) != 0)
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+		if (rc == 0)
+			rc = keep_redo(s, txn, redo, nredo);
+		if (rc == 0 && ul_read_many(s, rd, nrd) != 0)
 			rc = EIO;
 		free(rd);
+		free(redo);
 		if (rc != 0 && rc != MDB_NOTFOUND) {
 			mdb_txn_abort(txn);
 			free(recs);

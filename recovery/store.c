@@ -214,19 +214,6 @@ zero_disk(struct store *s, uint32_t disk, uint64_t off, uint64_t len)
 	return 0;
 }
 
-/* Read block BLK of DISK; returns its length (short at the end). */
-ssize_t
-read_block(struct store *s, uint32_t disk, uint64_t blk, uint8_t *buf)
-{
-	uint64_t off = blk * STORE_BLOCK, size = s->info.disks[disk].size;
-	size_t len = size - off < STORE_BLOCK ? size - off : STORE_BLOCK;
-
-	if (pread_full(s->fds[disk], buf, len, off) != 0)
-		return sfail(s, "read %s: %s", s->paths[disk],
-		    strerror(errno));
-	return (ssize_t)len;
-}
-
 int
 sync_disks(struct store *s)
 {

@@ -94,8 +94,6 @@ int commit_info(struct store *s);
 int sync_disks(struct store *s);
 int pwrite_all(struct store *s, uint32_t disk, uint64_t off,
     const void *data, size_t len);
-ssize_t read_block(struct store *s, uint32_t disk, uint64_t blk,
-    uint8_t *buf);
 size_t br_prefix(uint8_t *key, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk);
 int br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
@@ -117,6 +115,14 @@ int pt_load(struct store *s, struct store_point **out, uint8_t **merging,
     size_t *n);
 
 /* apply.c */
+struct cblk {
+	uint32_t disk;
+	uint64_t blk;
+};
+/* Read blocks BL[0..NB) (sorted by disk and block, distinct) into BUF,
+ * a 4 KiB slot each, by several threads. */
+int read_blocks(struct store *s, const struct cblk *bl, size_t nb,
+    uint8_t *buf);
 int mem_wait(struct store *s);
 void mem_drop(struct store *s);
 /* Apply or drop what memory holds, whatever the gap: for failover. */
