@@ -314,15 +314,6 @@ cread_worker(void *arg)
 	return NULL;
 }
 
-/* Bytes of the block at OFF of DISK: short only at the end. */
-static size_t
-blk_len(const struct store *s, uint32_t disk, uint64_t off)
-{
-	uint64_t size = s->info.disks[disk].size;
-
-	return size - off < STORE_BLOCK ? (size_t)(size - off) : STORE_BLOCK;
-}
-
 /* Read every run, with up to CAPTURE_THREADS threads. */
 static int
 read_runs(struct store *s, struct crun *runs, size_t nruns, uint8_t *buf)

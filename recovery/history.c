@@ -27,14 +27,10 @@ keep_redo(struct store *s, MDB_txn *txn, const struct cblk *bl, size_t n)
 		free(buf);
 		return EIO;
 	}
-	for (size_t i = 0; i < n && rc == 0; i++) {
-		uint64_t off = bl[i].blk * STORE_BLOCK;
-		uint64_t size = s->info.disks[bl[i].disk].size;
-
+	for (size_t i = 0; i < n && rc == 0; i++)
 		rc = br_put(txn, s->redo, NULL, 0, bl[i].disk, bl[i].blk,
-		    buf + i * STORE_BLOCK, size - off < STORE_BLOCK ?
-		    (size_t)(size - off) : STORE_BLOCK);
-	}
+		    buf + i * STORE_BLOCK,
+		    blk_len(s, bl[i].disk, bl[i].blk * STORE_BLOCK));
 	free(buf);
 	return rc;
 }

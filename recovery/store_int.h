@@ -81,6 +81,15 @@ struct store {
 	char err[512];
 };
 
+/* Bytes of the block at OFF of DISK: short only at the end. */
+static inline size_t
+blk_len(const struct store *s, uint32_t disk, uint64_t off)
+{
+	uint64_t size = s->info.disks[disk].size;
+
+	return size - off < STORE_BLOCK ? (size_t)(size - off) : STORE_BLOCK;
+}
+
 /* store.c */
 extern __thread int in_flusher;	/* sfail writes fl_err (apply.c) */
 int check_range(struct store *s, uint32_t disk, uint64_t off, uint64_t len);

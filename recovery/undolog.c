@@ -171,6 +171,30 @@ ul_put_head(struct store *s, MDB_txn *txn)
 	return mdb_put(txn, s->meta, (MDB_val *)&k_head, &d, 0);
 }
 
+/* Read LEN bytes at OFF, all of them: every slot below the head was
+ * written whole, so the end of the file here means data was lost. */
+static int
+pread_exact(int fd, void *buf, size_t len, uint64_t off)
+{
+	uint8_t *p = buf;
+
+	while (len > 0) {
+		ssize_t n = pread(fd, p, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
 int
 ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len)
 {
@@ -182,8 +206,12 @@ ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len)
 		    (unsigned long long)s->ul_head);
 	if ((fd = seg_rfd(s, off / UL_SEG_BYTES)) < 0)
 		return -1;
-	if (pread_full(fd, buf, len, off % UL_SEG_BYTES) != 0)
-		return sfail(s, "undo: read: %s", strerror(errno));
+	if (pread_exact(fd, buf, len, off % UL_SEG_BYTES) != 0)
+		return sfail(s, "undo: read segment %016llx at %llu: %s",
+		    (unsigned long long)(off / UL_SEG_BYTES),
+		    (unsigned long long)(off % UL_SEG_BYTES),
+		    errno == EIO ? "short (the segment lost data)" :
+		    strerror(errno));
 	return 0;
 }
 
@@ -195,9 +223,11 @@ ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len)
  */
 #define UL_THREADS	8
 #define UL_RUN		256	/* slots per preadv */
+#define UL_OPEN		32	/* segments open at once */
 
 struct ul_run {
 	int fd;
+	uint64_t seg;
 	uint64_t off;		/* in the segment */
 	size_t first, cnt;	/* slots v[first..first+cnt) */
 	int err;
@@ -243,44 +273,32 @@ rd_worker(void *arg)
 			continue;
 		/* short (or failed): slot by slot */
 		for (size_t k = 0; k < u->cnt && !u->err; k++)
-			if (pread_full(u->fd, iov[k].iov_base, iov[k].iov_len,
-			    u->off + k * STORE_BLOCK) != 0)
+			if (pread_exact(u->fd, iov[k].iov_base,
+			    iov[k].iov_len, u->off + k * STORE_BLOCK) != 0)
 				u->err = errno ? errno : EIO;
 	}
 	return NULL;
 }
 
-int
-ul_read_many(struct store *s, struct ul_rd *v, size_t n)
+/* Read V[0..N) (sorted), which spans at most UL_OPEN segments. */
+static int
+read_window(struct store *s, struct ul_rd *v, size_t n)
 {
-	struct ul_run *runs = NULL;
-	struct { uint64_t seg; int fd; } *fds = NULL;
+	struct ul_run *runs;
+	struct { uint64_t seg; int fd; } fds[UL_OPEN];
 	size_t nruns = 0, nfds = 0, nth, started = 0;
 	pthread_t th[UL_THREADS];
 	struct ul_rctx r;
 	int ret = -1;
 
-	if (n == 0)
-		return 0;
-	qsort(v, n, sizeof(*v), rd_cmp);
-	if ((runs = calloc(n, sizeof(*runs))) == NULL ||
-	    (fds = calloc(n, sizeof(*fds))) == NULL) {
-		sfail(s, "out of memory");
-		goto out;
-	}
+	if ((runs = calloc(n, sizeof(*runs))) == NULL)
+		return sfail(s, "out of memory");
 	for (size_t i = 0; i < n; i++) {
 		uint64_t seg = v[i].off / UL_SEG_BYTES;
 		struct ul_run *u = nruns ? &runs[nruns - 1] : NULL;
 
-		if (v[i].len > STORE_BLOCK || v[i].off % STORE_BLOCK != 0 ||
-		    v[i].off >= s->ul_head) {
-			sfail(s, "undo: record at %llu outside the log "
-			    "(head %llu)", (unsigned long long)v[i].off,
-			    (unsigned long long)s->ul_head);
-			goto out;
-		}
-		if (u && v[i].off / UL_SEG_BYTES == v[u->first].off /
-		    UL_SEG_BYTES && v[i].off == v[i - 1].off + STORE_BLOCK &&
+		if (u && seg == u->seg &&
+		    v[i].off == v[i - 1].off + STORE_BLOCK &&
 		    v[i - 1].len == STORE_BLOCK && u->cnt < UL_RUN) {
 			u->cnt++;
 			continue;
@@ -301,6 +319,7 @@ ul_read_many(struct store *s, struct ul_rd *v, size_t n)
 			fds[nfds++].seg = seg;
 		}
 		runs[nruns].fd = fds[nfds - 1].fd;
+		runs[nruns].seg = seg;
 		runs[nruns].off = v[i].off % UL_SEG_BYTES;
 		runs[nruns].first = i;
 		runs[nruns++].cnt = 1;
@@ -319,14 +338,51 @@ ul_read_many(struct store *s, struct ul_rd *v, size_t n)
 	ret = 0;
 	for (size_t i = 0; i < nruns && ret == 0; i++)
 		if (runs[i].err)
-			ret = sfail(s, "undo: read: %s",
+			ret = sfail(s, "undo: read segment %016llx at %llu: %s",
+			    (unsigned long long)runs[i].seg,
+			    (unsigned long long)runs[i].off,
+			    runs[i].err == EIO ?
+			    "short (the segment lost data)" :
 			    strerror(runs[i].err));
 out:
 	for (size_t i = 0; i < nfds; i++)
 		close(fds[i].fd);
-	free(fds);
 	free(runs);
 	return ret;
+}
+
+int
+ul_read_many(struct store *s, struct ul_rd *v, size_t n)
+{
+	size_t from = 0;
+
+	if (n == 0)
+		return 0;
+	qsort(v, n, sizeof(*v), rd_cmp);
+	for (size_t i = 0; i < n; i++)
+		if (v[i].len > STORE_BLOCK || v[i].off % STORE_BLOCK != 0 ||
+		    v[i].off >= s->ul_head)
+			return sfail(s, "undo: record at %llu outside the log "
+			    "(head %llu)", (unsigned long long)v[i].off,
+			    (unsigned long long)s->ul_head);
+	/* a window of segments at a time: a point merged over a long
+	 * history may have blocks in many of them */
+	while (from < n) {
+		size_t to = from, nseg = 0;
+		uint64_t last = UINT64_MAX;
+
+		for (; to < n; to++) {
+			uint64_t seg = v[to].off / UL_SEG_BYTES;
+
+			if (seg != last && ++nseg > UL_OPEN)
+				break;
+			last = seg;
+		}
+		if (read_window(s, v + from, to - from) != 0)
+			return -1;
+		from = to;
+	}
+	return 0;
 }
 
 int

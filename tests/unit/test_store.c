@@ -795,6 +795,26 @@ test_undo_lost(void **state)
 	check_point(f, 4, "cancel after undo data was lost");
 }
 
+/* Undo data cut short under the store (a segment truncated): the slots
+ * below the head were written whole, so the failover stops rather than
+ * lay zeroes into the images. */
+static void
+test_undo_truncated(void **state)
+{
+	struct fx *f = *state;
+	char path[256];
+
+	initial_sync(f);
+	for (int i = 0; i < 4; i++)
+		interval(f, T0 + i * MIN_MS);
+	snprintf(path, sizeof(path), "%s/undo/%016x", f->sdir, 0);
+	assert_int_equal(truncate(path, 4096), 0);
+	assert_int_equal(store_failover(f->s, 1), -1);
+	assert_non_null(strstr(store_error(f->s), "lost data"));
+	CHECK(store_cancel(f->s));
+	check_point(f, 4, "cancel after undo data was cut short");
+}
+
 /* ------------------------------------------------------------------ */
 /* bad input */
 
@@ -1203,6 +1223,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_commit_fail, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_undo_lost, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_undo_truncated, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_bad_input, setup,
 		    teardown),
