@@ -25,8 +25,10 @@ pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int
-pread_full(int fd, void *buf, size_t len, uint64_t off)
+/* Read LEN bytes at OFF; at the end of the file, zeroes (ZEROES) or
+ * EIO. */
+static int
+pread_upto(int fd, void *buf, size_t len, uint64_t off, int zeroes)
 {
 	uint8_t *p = buf;
 
@@ -38,6 +40,10 @@ pread_full(int fd, void *buf, size_t len, uint64_t off)
 		if (n < 0)
 			return -1;
 		if (n == 0) {
+			if (!zeroes) {
+				errno = EIO;
+				return -1;
+			}
 			memset(p, 0, len);
 			break;
 		}
@@ -46,6 +52,18 @@ pread_full(int fd, void *buf, size_t len, uint64_t off)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+int
+pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	return pread_upto(fd, buf, len, off, 1);
+}
+
+int
+pread_exact(int fd, void *buf, size_t len, uint64_t off)
+{
+	return pread_upto(fd, buf, len, off, 0);
 }
 
 int

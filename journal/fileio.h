@@ -14,6 +14,8 @@ int pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 /* Read LEN bytes at OFF; what lies past the end of the file reads as
  * zeroes. */
 int pread_full(int fd, void *buf, size_t len, uint64_t off);
+/* Read LEN bytes at OFF; the end of the file before them is EIO. */
+int pread_exact(int fd, void *buf, size_t len, uint64_t off);
 /* Make a range read as zeroes: punch a hole, or write zeroes where the
  * file system cannot. */
 int zero_range(int fd, uint64_t off, uint64_t len);

@@ -282,9 +282,7 @@ struct crun {
 struct cread {
 	struct store *s;
 	struct crun *runs;
-	size_t nruns;
 	uint8_t *buf;
-	size_t next;		/* next run to read (atomic) */
 };
 
 static int
@@ -297,38 +295,24 @@ cblk_cmp(const void *a, const void *b)
 	return x->blk < y->blk ? -1 : x->blk > y->blk;
 }
 
-static void *
-cread_worker(void *arg)
+static void
+cread_one(void *arg, size_t i)
 {
 	struct cread *r = arg;
-	size_t i;
+	struct crun *u = &r->runs[i];
 
-	while ((i = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED)) <
-	    r->nruns) {
-		struct crun *u = &r->runs[i];
-
-		if (pread_full(r->s->fds[u->disk], r->buf + u->at, u->len,
-		    u->off) != 0)
-			u->err = errno ? errno : EIO;
-	}
-	return NULL;
+	if (pread_full(r->s->fds[u->disk], r->buf + u->at, u->len,
+	    u->off) != 0)
+		u->err = errno ? errno : EIO;
 }
 
 /* Read every run, with up to CAPTURE_THREADS threads. */
 static int
 read_runs(struct store *s, struct crun *runs, size_t nruns, uint8_t *buf)
 {
-	struct cread r = { s, runs, nruns, buf, 0 };
-	pthread_t th[CAPTURE_THREADS];
-	size_t nth = nruns / 4 < CAPTURE_THREADS ? nruns / 4 :
-	    CAPTURE_THREADS, started = 0;
+	struct cread r = { s, runs, buf };
 
-	for (; started < nth; started++)
-		if (pthread_create(&th[started], NULL, cread_worker, &r) != 0)
-			break;
-	cread_worker(&r);
-	for (size_t i = 0; i < started; i++)
-		pthread_join(th[i], NULL);
+	par_for(nruns, CAPTURE_THREADS, cread_one, &r);
 	for (size_t i = 0; i < nruns; i++)
 		if (runs[i].err)
 			return sfail(s, "read %s: %s", s->paths[runs[i].disk],

@@ -151,6 +151,46 @@ commit_info(struct store *s)
 }
 
 /* ------------------------------------------------------------------ */
+/* work shared out over threads */
+
+struct par {
+	size_t n;
+	size_t next;		/* next item (atomic) */
+	void (*fn)(void *, size_t);
+	void *arg;
+};
+
+static void *
+par_worker(void *arg)
+{
+	struct par *p = arg;
+	size_t i;
+
+	while ((i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED)) < p->n)
+		p->fn(p->arg, i);
+	return NULL;
+}
+
+void
+par_for(size_t n, size_t maxth, void (*fn)(void *, size_t), void *arg)
+{
+	struct par p = { n, 0, fn, arg };
+	pthread_t th[PAR_MAX];
+	size_t nth = n / 4, started = 0;
+
+	if (nth > maxth)
+		nth = maxth;
+	if (nth > PAR_MAX)
+		nth = PAR_MAX;
+	for (; started < nth; started++)
+		if (pthread_create(&th[started], NULL, par_worker, &p) != 0)
+			break;
+	par_worker(&p);	/* this thread too; fewer threads still finish */
+	for (size_t i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+}
+
+/* ------------------------------------------------------------------ */
 /* disk images */
 
 static void

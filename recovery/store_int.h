@@ -92,6 +92,10 @@ blk_len(const struct store *s, uint32_t disk, uint64_t off)
 
 /* store.c */
 extern __thread int in_flusher;	/* sfail writes fl_err (apply.c) */
+/* FN(ARG, i) for every i below N, by this thread and up to MAXTH others
+ * (about one per 4 items, at most PAR_MAX). */
+#define PAR_MAX	16
+void par_for(size_t n, size_t maxth, void (*fn)(void *, size_t), void *arg);
 int check_range(struct store *s, uint32_t disk, uint64_t off, uint64_t len);
 int zero_disk(struct store *s, uint32_t disk, uint64_t off, uint64_t len);
 int br_exists_at(MDB_cursor *c, const uint8_t *pre, size_t plen,

@@ -22,7 +22,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,30 +170,6 @@ ul_put_head(struct store *s, MDB_txn *txn)
 	return mdb_put(txn, s->meta, (MDB_val *)&k_head, &d, 0);
 }
 
-/* Read LEN bytes at OFF, all of them: every slot below the head was
- * written whole, so the end of the file here means data was lost. */
-static int
-pread_exact(int fd, void *buf, size_t len, uint64_t off)
-{
-	uint8_t *p = buf;
-
-	while (len > 0) {
-		ssize_t n = pread(fd, p, len, (off_t)off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			if (n == 0)
-				errno = EIO;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
 int
 ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len)
 {
@@ -206,6 +181,8 @@ ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len)
 		    (unsigned long long)s->ul_head);
 	if ((fd = seg_rfd(s, off / UL_SEG_BYTES)) < 0)
 		return -1;
+	/* every slot below the head was written whole: the end of the
+	 * file before it means data was lost */
 	if (pread_exact(fd, buf, len, off % UL_SEG_BYTES) != 0)
 		return sfail(s, "undo: read segment %016llx at %llu: %s",
 		    (unsigned long long)(off / UL_SEG_BYTES),
@@ -236,8 +213,6 @@ struct ul_run {
 struct ul_rctx {
 	struct ul_rd *v;
 	struct ul_run *runs;
-	size_t nruns;
-	size_t next;		/* next run to read (atomic) */
 };
 
 static int
@@ -248,36 +223,30 @@ rd_cmp(const void *a, const void *b)
 	return x->off < y->off ? -1 : x->off > y->off;
 }
 
-static void *
-rd_worker(void *arg)
+static void
+rd_one(void *arg, size_t i)
 {
 	struct ul_rctx *r = arg;
-	size_t i;
+	struct ul_run *u = &r->runs[i];
+	struct iovec iov[UL_RUN];
+	size_t total = 0;
+	ssize_t got;
 
-	while ((i = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED)) <
-	    r->nruns) {
-		struct ul_run *u = &r->runs[i];
-		struct iovec iov[UL_RUN];
-		size_t total = 0;
-		ssize_t got;
-
-		for (size_t k = 0; k < u->cnt; k++) {
-			iov[k].iov_base = r->v[u->first + k].buf;
-			iov[k].iov_len = r->v[u->first + k].len;
-			total += iov[k].iov_len;
-		}
-		do
-			got = preadv(u->fd, iov, (int)u->cnt, (off_t)u->off);
-		while (got < 0 && errno == EINTR);
-		if (got == (ssize_t)total)
-			continue;
-		/* short (or failed): slot by slot */
-		for (size_t k = 0; k < u->cnt && !u->err; k++)
-			if (pread_exact(u->fd, iov[k].iov_base,
-			    iov[k].iov_len, u->off + k * STORE_BLOCK) != 0)
-				u->err = errno ? errno : EIO;
+	for (size_t k = 0; k < u->cnt; k++) {
+		iov[k].iov_base = r->v[u->first + k].buf;
+		iov[k].iov_len = r->v[u->first + k].len;
+		total += iov[k].iov_len;
 	}
-	return NULL;
+	do
+		got = preadv(u->fd, iov, (int)u->cnt, (off_t)u->off);
+	while (got < 0 && errno == EINTR);
+	if (got == (ssize_t)total)
+		return;
+	/* short (or failed): slot by slot */
+	for (size_t k = 0; k < u->cnt && !u->err; k++)
+		if (pread_exact(u->fd, iov[k].iov_base, iov[k].iov_len,
+		    u->off + k * STORE_BLOCK) != 0)
+			u->err = errno ? errno : EIO;
 }
 
 /* Read V[0..N) (sorted), which spans at most UL_OPEN segments. */
@@ -286,8 +255,7 @@ read_window(struct store *s, struct ul_rd *v, size_t n)
 {
 	struct ul_run *runs;
 	struct { uint64_t seg; int fd; } fds[UL_OPEN];
-	size_t nruns = 0, nfds = 0, nth, started = 0;
-	pthread_t th[UL_THREADS];
+	size_t nruns = 0, nfds = 0;
 	struct ul_rctx r;
 	int ret = -1;
 
@@ -326,15 +294,7 @@ read_window(struct store *s, struct ul_rd *v, size_t n)
 	}
 	r.v = v;
 	r.runs = runs;
-	r.nruns = nruns;
-	r.next = 0;
-	nth = nruns / 4 < UL_THREADS ? nruns / 4 : UL_THREADS;
-	for (; started < nth; started++)
-		if (pthread_create(&th[started], NULL, rd_worker, &r) != 0)
-			break;
-	rd_worker(&r);
-	for (size_t i = 0; i < started; i++)
-		pthread_join(th[i], NULL);
+	par_for(nruns, UL_THREADS, rd_one, &r);
 	ret = 0;
 	for (size_t i = 0; i < nruns && ret == 0; i++)
 		if (runs[i].err)

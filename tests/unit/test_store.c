@@ -773,13 +773,13 @@ test_commit_fail(void **state)
 	check_all_points(f, "after a failed commit, reopened");
 }
 
-/* Undo data gone from under the store (a segment removed by hand): the
- * failover that needs it stops naming the undo log, and cancel brings the
- * latest point back. */
+/* Undo data damaged under the store: the failover that needs it stops,
+ * naming the cause, and cancel brings the latest point back.  A slot
+ * below the head was written whole, so a segment cut short is lost data,
+ * never zeroes laid into the images. */
 static void
-test_undo_lost(void **state)
+undo_damaged(struct fx *f, int cut, const char *want)
 {
-	struct fx *f = *state;
 	char path[256];
 	struct stat st;
 
@@ -788,31 +788,25 @@ test_undo_lost(void **state)
 		interval(f, T0 + i * MIN_MS);
 	snprintf(path, sizeof(path), "%s/undo/%016x", f->sdir, 0);
 	assert_int_equal(stat(path, &st), 0);
-	assert_int_equal(unlink(path), 0);
+	assert_int_equal(cut ? truncate(path, 4096) : unlink(path), 0);
 	assert_int_equal(store_failover(f->s, 1), -1);
-	assert_non_null(strstr(store_error(f->s), "undo"));
+	if (strstr(store_error(f->s), want) == NULL)
+		fail_msg("failover: %s (wanted '%s')", store_error(f->s),
+		    want);
 	CHECK(store_cancel(f->s));
-	check_point(f, 4, "cancel after undo data was lost");
+	check_point(f, 4, "cancel after undo data was damaged");
 }
 
-/* Undo data cut short under the store (a segment truncated): the slots
- * below the head were written whole, so the failover stops rather than
- * lay zeroes into the images. */
+static void
+test_undo_lost(void **state)
+{
+	undo_damaged(*state, 0, "No such file");
+}
+
 static void
 test_undo_truncated(void **state)
 {
-	struct fx *f = *state;
-	char path[256];
-
-	initial_sync(f);
-	for (int i = 0; i < 4; i++)
-		interval(f, T0 + i * MIN_MS);
-	snprintf(path, sizeof(path), "%s/undo/%016x", f->sdir, 0);
-	assert_int_equal(truncate(path, 4096), 0);
-	assert_int_equal(store_failover(f->s, 1), -1);
-	assert_non_null(strstr(store_error(f->s), "lost data"));
-	CHECK(store_cancel(f->s));
-	check_point(f, 4, "cancel after undo data was cut short");
+	undo_damaged(*state, 1, "lost data");
 }
 
 /* ------------------------------------------------------------------ */
