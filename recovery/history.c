@@ -101,14 +101,14 @@ play_undo(struct store *s, uint64_t q)
 					break;
 				}
 			}
-			rc = br_decode(s, &k, &d, 8, &disk, &blk,
+			rc = br_decode(&k, &d, 8, &disk, &blk,
 			    s->buf + used, &len, &rd[nrd]);
 			if (rc == 1) {
 				nrd++;	/* read below, with the others */
 				rc = 0;
 			}
 			if (rc != 0 || disk >= s->info.ndisks) {
-				rc = rc == -2 ? EIO : MDB_CORRUPTED;
+				rc = MDB_CORRUPTED;
 				break;
 			}
 			recs[n].disk = disk;
@@ -139,7 +139,7 @@ play_undo(struct store *s, uint64_t q)
 			rc = EIO;
 		free(rd);
 		free(redo);
-		if (rc != 0 && rc != MDB_NOTFOUND) {
+		if (rc != 0) {
 			mdb_txn_abort(txn);
 			free(recs);
 			/* EIO: s->err names the cause already */
@@ -185,7 +185,7 @@ restore_redo(struct store *s)
 		size_t len;
 
 		op = MDB_NEXT;
-		if (br_decode(s, &k, &d, 0, &disk, &blk, block, &len,
+		if (br_decode(&k, &d, 0, &disk, &blk, block, &len,
 		    NULL) != 0 ||
 		    disk >= s->info.ndisks) {
 			rc = MDB_CORRUPTED;

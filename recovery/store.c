@@ -361,7 +361,7 @@ br_put_ref(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
 
 /* Decode a record at (k, d) with prefix length PLEN into buf. */
 int
-br_decode(struct store *s, const MDB_val *k, const MDB_val *d, size_t plen,
+br_decode(const MDB_val *k, const MDB_val *d, size_t plen,
     uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len,
     struct ul_rd *defer)
 {
@@ -384,13 +384,12 @@ br_decode(struct store *s, const MDB_val *k, const MDB_val *d, size_t plen,
 		}
 		if (d->mv_size != 8)
 			return -1;
-		if (defer != NULL) {
-			defer->off = kv_get64(d->mv_data);
-			defer->buf = buf;
-			defer->len = *len;
-			return 1;
-		}
-		return ul_read(s, kv_get64(d->mv_data), buf, *len) ? -2 : 0;
+		if (defer == NULL)
+			return -1;
+		defer->off = kv_get64(d->mv_data);
+		defer->buf = buf;
+		defer->len = *len;
+		return 1;
 	}
 	*len = k->mv_size - hl + d->mv_size;
 	if (*len > STORE_BLOCK)
@@ -567,7 +566,7 @@ store_open(const char *dir, char *err, size_t errlen)
 	}
 	for (size_t i = 0; i < STORE_MAX_DISKS; i++)
 		s->fds[i] = -1;
-	s->ul_wfd = s->ul_rfd = -1;
+	s->ul_wfd = -1;
 	if ((s->dir = strdup(dir)) == NULL ||
 	    (s->buf = malloc(CHUNK_BYTES + STORE_BLOCK)) == NULL) {
 		snprintf(err, errlen, "out of memory");

@@ -74,8 +74,8 @@ struct store {
 	/* the undo log (undolog.c): segment files under ul_dir */
 	char *ul_dir;
 	uint64_t ul_head;	/* next free slot (meta "uhead") */
-	int ul_wfd, ul_rfd;	/* a segment open to append, to read */
-	uint64_t ul_wseg, ul_rseg;
+	int ul_wfd;		/* the segment open to append */
+	uint64_t ul_wseg;
 	uint64_t *ul_freed;	/* slots freed by the open transaction */
 	size_t ul_nfreed;
 	char err[512];
@@ -116,11 +116,12 @@ int br_put(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk, const uint8_t *data, size_t len);
 int br_put_ref(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk, uint64_t off, size_t len);
-/* 0, -1 for a malformed record, -2 for a failed read (s->err says).
- * With DEFER, data in the undo log is not read: DEFER says where it is
- * and where it goes (buf), and the return is 1. */
-int br_decode(struct store *s, const MDB_val *k, const MDB_val *d,
-    size_t plen, uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len,
+/* 0, or -1 for a malformed record.  A record whose data is in the undo
+ * log fills DEFER (where the data is, and BUF, where it goes) and
+ * returns 1; ul_read_many reads them together.  Without DEFER such a
+ * record is malformed (redo records hold their data). */
+int br_decode(const MDB_val *k, const MDB_val *d, size_t plen,
+    uint32_t *disk, uint64_t *blk, uint8_t *buf, size_t *len,
     struct ul_rd *defer);
 int pt_put(MDB_txn *txn, MDB_dbi dbi, const struct store_point *p,
     int merging);
@@ -152,7 +153,6 @@ void ul_close(struct store *s);
 int ul_append(struct store *s, struct iovec *iov, size_t n,
     uint64_t *first);
 int ul_put_head(struct store *s, MDB_txn *txn);
-int ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len);
 /* Many reads at once (sorted here, in parallel). */
 int ul_read_many(struct store *s, struct ul_rd *v, size_t n);
 /* A record's slot is freed by the open transaction: ul_put_freed before

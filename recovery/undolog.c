@@ -87,24 +87,6 @@ seg_wfd(struct store *s, uint64_t seg)
 	return s->ul_wfd;
 }
 
-static int
-seg_rfd(struct store *s, uint64_t seg)
-{
-	char path[PATH_MAX];
-
-	if (s->ul_rfd >= 0 && s->ul_rseg == seg)
-		return s->ul_rfd;
-	if (s->ul_rfd >= 0)
-		close(s->ul_rfd);
-	s->ul_rfd = -1;
-	if (seg_path(s, seg, path, sizeof(path)) != 0)
-		return sfail(s, "undo: path too long");
-	if ((s->ul_rfd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
-		return sfail(s, "undo: open %s: %s", path, strerror(errno));
-	s->ul_rseg = seg;
-	return s->ul_rfd;
-}
-
 /* Write IOV[0..N) (4 KiB each) at OFF of FD, all of it. */
 static int
 writev_full(int fd, struct iovec *iov, size_t n, uint64_t off)
@@ -168,28 +150,6 @@ ul_put_head(struct store *s, MDB_txn *txn)
 
 	kv_put64(v, s->ul_head);
 	return mdb_put(txn, s->meta, (MDB_val *)&k_head, &d, 0);
-}
-
-int
-ul_read(struct store *s, uint64_t off, uint8_t *buf, size_t len)
-{
-	int fd;
-
-	if (len > STORE_BLOCK || off % STORE_BLOCK != 0 || off >= s->ul_head)
-		return sfail(s, "undo: record at %llu outside the log "
-		    "(head %llu)", (unsigned long long)off,
-		    (unsigned long long)s->ul_head);
-	if ((fd = seg_rfd(s, off / UL_SEG_BYTES)) < 0)
-		return -1;
-	/* every slot below the head was written whole: the end of the
-	 * file before it means data was lost */
-	if (pread_exact(fd, buf, len, off % UL_SEG_BYTES) != 0)
-		return sfail(s, "undo: read segment %016llx at %llu: %s",
-		    (unsigned long long)(off / UL_SEG_BYTES),
-		    (unsigned long long)(off % UL_SEG_BYTES),
-		    errno == EIO ? "short (the segment lost data)" :
-		    strerror(errno));
-	return 0;
 }
 
 /*
@@ -423,10 +383,6 @@ punch(struct store *s, const uint64_t *off, size_t n)
 		close(fd);
 		drop_if_empty(s, seg);
 	}
-	if (s->ul_rfd >= 0) {	/* it may name a removed segment */
-		close(s->ul_rfd);
-		s->ul_rfd = -1;
-	}
 }
 
 static int
@@ -477,9 +433,7 @@ ul_remove_all(struct store *s)
 
 	if (s->ul_wfd >= 0)
 		close(s->ul_wfd);
-	if (s->ul_rfd >= 0)
-		close(s->ul_rfd);
-	s->ul_wfd = s->ul_rfd = -1;
+	s->ul_wfd = -1;
 	s->ul_head = 0;
 	s->ul_nfreed = 0;
 	if ((d = opendir(s->ul_dir)) == NULL)
@@ -504,7 +458,7 @@ ul_open(struct store *s)
 	size_t n = 0;
 	int rc;
 
-	s->ul_wfd = s->ul_rfd = -1;
+	s->ul_wfd = -1;
 	if (asprintf(&s->ul_dir, "%s/undo", s->dir) < 0) {
 		s->ul_dir = NULL;
 		return sfail(s, "out of memory");
@@ -553,9 +507,7 @@ ul_close(struct store *s)
 {
 	if (s->ul_wfd >= 0)
 		close(s->ul_wfd);
-	if (s->ul_rfd >= 0)
-		close(s->ul_rfd);
-	s->ul_wfd = s->ul_rfd = -1;
+	s->ul_wfd = -1;
 	free(s->ul_freed);
 	free(s->ul_dir);
 }
