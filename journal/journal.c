@@ -1,5 +1,6 @@
 /* journal.c: the primary's LMDB write journal (see journal.h). */
 #include "journal.h"
+#include "jlog.h"
 #include "kv.h"
 
 #include <errno.h>
@@ -11,11 +12,16 @@
 
 /*
  * Log key: seq(8) type(1) disk(4) offset(8) length(4) inline(2) then the
- * inline data bytes; the value holds the remaining data.  A point's value
- * is id(8) time(8) kind(1) label.  Keys start with the big-endian sequence,
- * so they sort by it and every append is an MDB_APPEND.
+ * inline data bytes.  Write data over a quarter page lies in the data
+ * log (jlog.h): inline is LK_INLOG and the value is its offset(8).  Smaller
+ * data is the value (records of older versions may split data between key
+ * and value; they still read).  A point's value is id(8) time(8) kind(1)
+ * label.  Keys start with the big-endian sequence, so they sort by it and
+ * every append is an MDB_APPEND.
  */
 #define LK_HDR 27
+#define LK_INLOG 0xffff
+#define JM_DHEAD "dhead"	/* the data log's head */
 #define JOURNAL_MAP (1ull << 40)	/* address space only; the file grows */
 
 struct journal {
@@ -33,6 +39,7 @@ struct journal {
 	int dirty_chunks_cleared;	/* the open txn dropped the map */
 	uint8_t *scratch;
 	size_t scratch_len;
+	struct jlog dl;
 	char err[256];
 };
 
@@ -68,12 +75,51 @@ load_last_seq(struct journal *j, MDB_txn *txn)
 	return seq;
 }
 
+/*
+ * Remove the data log's segments below the first entry that still points
+ * into it.  Only the first few entries are looked at: behind a long run
+ * of entries without data, segments wait for a later trim.
+ */
+static void
+release_data(struct journal *j)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_val k, d;
+	uint64_t below = UINT64_MAX;
+	int rc, n = 0;
+
+	if (mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn) != 0)
+		return;
+	if (mdb_cursor_open(txn, j->log, &c) != 0) {
+		mdb_txn_abort(txn);
+		return;
+	}
+	for (rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0 && n < 4096;
+	    rc = mdb_cursor_get(c, &k, &d, MDB_NEXT), n++) {
+		const uint8_t *p = k.mv_data;
+
+		if (k.mv_size == LK_HDR && p[8] == JE_WRITE &&
+		    (((unsigned)p[25] << 8) | p[26]) == LK_INLOG &&
+		    d.mv_size == 8) {
+			below = kv_get64(d.mv_data);
+			break;
+		}
+	}
+	if (rc == MDB_NOTFOUND)	/* nothing in the log refers to it */
+		below = j->dl.committed;
+	mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+	if (below != UINT64_MAX)
+		jlog_release(&j->dl, below);
+}
+
 struct journal *
 journal_open(const char *dir, char *err, size_t errlen)
 {
 	struct journal *j;
 	MDB_txn *txn;
-	uint64_t epoch, applied;
+	uint64_t epoch, applied, dhead;
 	int rc;
 
 	if ((j = calloc(1, sizeof(*j))) == NULL) {
@@ -109,11 +155,20 @@ journal_open(const char *dir, char *err, size_t errlen)
 	j->next_seq = j->last_seq + 1;
 	kv_get_u64(txn, j->meta, "bytes", &j->bytes, 0);
 	kv_get_u64(txn, j->meta, "dirty_chunks", &j->dirty_chunks, 0);
+	kv_get_u64(txn, j->meta, JM_DHEAD, &dhead, 0);
 	if ((rc = mdb_txn_commit(txn)) != 0) {
 		txn = NULL;
 		goto fail;
 	}
 	mdb_env_sync(j->env, 1);
+	if (jlog_open(&j->dl, dir, dhead) != 0) {
+		snprintf(err, errlen, "journal: %s", j->dl.err);
+		jlog_close(&j->dl);
+		mdb_env_close(j->env);
+		free(j);
+		return NULL;
+	}
+	release_data(j);
 	return j;
 fail:
 	snprintf(err, errlen, "journal %s: %s", dir, mdb_strerror(rc));
@@ -131,8 +186,10 @@ journal_close(struct journal *j)
 		return;
 	if (j->txn)
 		journal_abort(j);
+	jlog_sync(&j->dl);
 	mdb_env_sync(j->env, 1);
 	mdb_env_close(j->env);
+	jlog_close(&j->dl);
 	free(j->scratch);
 	free(j);
 }
@@ -179,13 +236,24 @@ static int
 put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
     uint32_t len, const void *data)
 {
-	uint8_t key[LK_HDR + KV_INLINE_MAX];
-	size_t inl = data ? kv_inline_len(len) : 0;
+	uint8_t key[LK_HDR + KV_INLINE_MAX], ref[8];
+	int inlog = data && jlog_takes(len);
+	size_t inl = data && !inlog ? kv_inline_len(len) : 0;
 	MDB_val k, d;
 	int rc;
 
 	if (check_put(j, seq) != 0)
 		return -1;
+	if (inlog) {
+		uint64_t at;
+
+		if (jlog_append(&j->dl, data, len, &at) != 0) {
+			j->txn_err = EIO;
+			return jfail(j, "append: %s", j->dl.err);
+		}
+		kv_put64(ref, at);
+		inl = LK_INLOG;
+	}
 	kv_put64(key, seq);
 	key[8] = data ? JE_WRITE : JE_ZERO;
 	kv_put32(key + 9, disk);
@@ -193,12 +261,18 @@ put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
 	kv_put32(key + 21, len);
 	key[25] = (uint8_t)(inl >> 8);
 	key[26] = (uint8_t)inl;
-	if (inl)
-		memcpy(key + LK_HDR, data, inl);
-	k.mv_size = LK_HDR + inl;
 	k.mv_data = key;
-	d.mv_size = data ? len - inl : 0;
-	d.mv_data = data ? (uint8_t *)data + inl : (void *)"";
+	if (inlog) {
+		k.mv_size = LK_HDR;
+		d.mv_size = sizeof(ref);
+		d.mv_data = ref;
+	} else {
+		if (inl)
+			memcpy(key + LK_HDR, data, inl);
+		k.mv_size = LK_HDR + inl;
+		d.mv_size = data ? len - inl : 0;
+		d.mv_data = data ? (uint8_t *)data + inl : (void *)"";
+	}
 	if ((rc = mdb_put(j->txn, j->log, &k, &d, MDB_APPEND)) != 0) {
 		j->txn_err = rc;
 		return jfail(j, "append: %s", mdb_strerror(rc));
@@ -338,6 +412,18 @@ journal_commit(struct journal *j)
 		journal_abort(j);
 		return jfail(j, "commit after error: %s", mdb_strerror(rc));
 	}
+	/* the data is written before the entries that point at it commit */
+	if (j->dl.head != j->dl.committed) {
+		if (jlog_flush(&j->dl) != 0) {
+			journal_abort(j);
+			return jfail(j, "commit: %s", j->dl.err);
+		}
+		if ((rc = kv_put_u64(j->txn, j->meta, JM_DHEAD,
+		    j->dl.head)) != 0) {
+			journal_abort(j);
+			return jfail(j, "commit: %s", mdb_strerror(rc));
+		}
+	}
 	if ((j->pend_bytes && (rc = add_bytes(j, "bytes",
 	    (int64_t)j->pend_bytes)) != 0) || (j->pend_cycle &&
 	    (rc = add_bytes(j, "cycle_bytes", (int64_t)j->pend_cycle)) != 0) ||
@@ -352,8 +438,10 @@ journal_commit(struct journal *j)
 		j->next_seq = j->last_seq + 1;
 		j->pend_bytes = j->pend_cycle = j->pend_dirty = 0;
 		j->dirty_chunks_cleared = 0;
+		jlog_rewind(&j->dl);
 		return jfail(j, "commit: %s", mdb_strerror(rc));
 	}
+	jlog_committed(&j->dl);
 	__atomic_store_n(&j->bytes, j->bytes + j->pend_bytes, __ATOMIC_RELEASE);
 	__atomic_store_n(&j->dirty_chunks, (j->dirty_chunks_cleared ? 0 :
 	    j->dirty_chunks) + j->pend_dirty, __ATOMIC_RELEASE);
@@ -369,6 +457,7 @@ journal_abort(struct journal *j)
 	if (j->txn)
 		mdb_txn_abort(j->txn);
 	j->txn = NULL;
+	jlog_rewind(&j->dl);
 	j->next_seq = j->last_seq + 1;
 	j->pend_bytes = j->pend_cycle = j->pend_dirty = 0;
 	j->dirty_chunks_cleared = 0;
@@ -379,6 +468,9 @@ journal_sync(struct journal *j)
 {
 	int rc;
 
+	/* the data before the entries that point at it */
+	if (jlog_sync(&j->dl) != 0)
+		return jfail(j, "sync: %s", j->dl.err);
 	if ((rc = mdb_env_sync(j->env, 1)) != 0)
 		return jfail(j, "sync: %s", mdb_strerror(rc));
 	return 0;
@@ -653,6 +745,17 @@ decode(struct journal *j, const MDB_val *k, const MDB_val *d,
 	inl = ((size_t)p[25] << 8) | p[26];
 	switch (e->type) {
 	case JE_WRITE:
+		if (inl == LK_INLOG) {
+			if (k->mv_size != LK_HDR || d->mv_size != 8 ||
+			    e->length == 0)
+				return jfail(j, "corrupt journal entry %llu",
+				    (unsigned long long)e->seq);
+			if (jlog_read(&j->dl, kv_get64(d->mv_data), e->length,
+			    &e->data) != 0)
+				return jfail(j, "entry %llu: %s",
+				    (unsigned long long)e->seq, j->dl.err);
+			break;
+		}
 		if (inl != k->mv_size - LK_HDR ||
 		    inl + d->mv_size != e->length)
 			return jfail(j, "corrupt journal entry %llu",
@@ -848,6 +951,8 @@ journal_trim(struct journal *j, uint64_t upto)
 		return -1;
 	__atomic_store_n(&j->bytes, j->bytes > freed ? j->bytes - freed : 0,
 	    __ATOMIC_RELEASE);
+	if (n > 0)
+		release_data(j);
 	return n;
 }
 
@@ -884,5 +989,8 @@ journal_reset(struct journal *j)
 		return jfail(j, "reset: %s", mdb_strerror(rc));
 	}
 	j->txn = NULL;
-	return journal_sync(j);
+	if (journal_sync(j) != 0)
+		return -1;
+	release_data(j);
+	return 0;
 }

@@ -1,6 +1,6 @@
 /*
- * test_journal.c: the primary's LMDB write journal (journal.h) and the
- * page-geometry helper kv_inline_len() (kv.h).  Every test works on a real
+ * test_journal.c: the primary's LMDB write journal (journal.h), its data
+ * log (jlog.h) and the page-geometry helper kv_inline_len() (kv.h).  Every test works on a real
  * LMDB environment in a mkdtemp directory removed in teardown.
  */
 #include <stdarg.h>
@@ -875,23 +875,41 @@ test_read_limits(void **state)
 }
 
 /* ------------------------------------------------------------------ */
-/* page geometry: a 4 KiB write must take one data page, not two */
+/* the data log: write data over a quarter page lies in segment files
+ * (DIR/data), LMDB holds small index records */
+
+static uint64_t
+dir_bytes(const char *dir, int *nfiles)
+{
+	char path[300];
+	struct stat st;
+	uint64_t total = 0;
+
+	*nfiles = 0;
+	for (uint64_t seg = 0; seg < 64; seg++) {
+		snprintf(path, sizeof(path), "%s/data/%016llx", dir,
+		    (unsigned long long)seg);
+		if (stat(path, &st) == 0) {
+			total += (uint64_t)st.st_size;
+			(*nfiles)++;
+		}
+	}
+	return total;
+}
 
 static void
-test_page_geometry(void **state)
+test_data_log(void **state)
 {
 	struct fx *f = *state;
 	char path[200];
 	struct stat st;
-	uint8_t *b = pattern(4096, 77);
+	uint8_t *b = pattern(4096, 77), *small = pattern(1024, 78);
 	MDB_env *env;
 	MDB_txn *txn;
 	MDB_dbi dbi;
 	MDB_stat ms;
 	const uint64_t n = 1000;
-	/* one page per entry plus 1 MiB for tree and meta pages; two pages
-	 * per entry (8,192,000 bytes) would be far over it */
-	const uint64_t bound = n * 4096 * 3 / 2 + (1u << 20);
+	int nfiles;
 
 	for (uint64_t c = 0; c < n / 50; c++) {
 		assert_int_equal(journal_begin(f->j), 0);
@@ -903,28 +921,30 @@ test_page_geometry(void **state)
 		}
 		assert_int_equal(journal_commit(f->j), 0);
 	}
-	assert_int_equal(journal_bytes(f->j), n * 4096);
+	/* a quarter page: in an LMDB leaf, no slot */
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 1, 0, 1024, small);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_bytes(f->j), n * 4096 + 1024);
 	journal_close(f->j);
 	f->j = NULL;
 
+	/* one slot per 4 KiB write in the log, and LMDB holds no data */
+	assert_int_equal(dir_bytes(f->jdir, &nfiles), n * 4096);
+	assert_int_equal(nfiles, 1);
 	snprintf(path, sizeof(path), "%s/data.mdb", f->jdir);
 	assert_int_equal(stat(path, &st), 0);
-	if ((uint64_t)st.st_size >= bound)
-		fail_msg("data.mdb is %lld bytes for %llu 4 KiB writes "
-		    "(bound %llu): more than one page per entry",
-		    (long long)st.st_size, (unsigned long long)n,
-		    (unsigned long long)bound);
-	assert_true((uint64_t)st.st_size >= n * 4096);
-
-	/* and exactly one overflow page per entry in the log table */
+	if ((uint64_t)st.st_size >= n * 4096 / 8)
+		fail_msg("data.mdb is %lld bytes for %llu 4 KiB writes: data "
+		    "in LMDB", (long long)st.st_size, (unsigned long long)n);
 	assert_int_equal(mdb_env_create(&env), 0);
 	assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
 	assert_int_equal(mdb_env_open(env, f->jdir, MDB_RDONLY, 0600), 0);
 	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
 	assert_int_equal(mdb_dbi_open(txn, "log", 0, &dbi), 0);
 	assert_int_equal(mdb_stat(txn, dbi, &ms), 0);
-	assert_int_equal(ms.ms_entries, n);
-	assert_int_equal(ms.ms_overflow_pages, n);
+	assert_int_equal(ms.ms_entries, n + 1);
+	assert_int_equal(ms.ms_overflow_pages, 0);
 	mdb_txn_abort(txn);
 	mdb_env_close(env);
 
@@ -932,14 +952,166 @@ test_page_geometry(void **state)
 	{
 		struct recs *rs = read_all(f->j, 0);
 
-		assert_int_equal(rs->n, n);
+		assert_int_equal(rs->n, n + 1);
 		for (uint64_t i = 0; i < n; i++) {
 			b[0] = (uint8_t)(i % 50);
 			b[4095] = (uint8_t)(i / 50);
+			assert_int_equal(rs->r[i].length, 4096);
 			assert_memory_equal(rs->r[i].data, b, 4096);
 		}
+		assert_int_equal(rs->r[n].length, 1024);
+		assert_memory_equal(rs->r[n].data, small, 1024);
 		recs_free(rs);
 	}
+	free(b);
+	free(small);
+}
+
+/* An aborted transaction's slots are written over, and what reads them
+ * then gets the new data. */
+static void
+test_data_log_abort(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *a = pattern(65536, 1), *b = pattern(65536, 2);
+	struct recs *rs;
+
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 0, 65536, a);
+	assert_int_equal(journal_commit(f->j), 0);
+	rs = read_all(f->j, 0);	/* the reader's window holds slot 0.. */
+	recs_free(rs);
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 65536, 65536, a);
+	journal_abort(f->j);
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 131072, 65536, b);
+	assert_int_equal(journal_commit(f->j), 0);
+	rs = read_all(f->j, 0);
+	assert_int_equal(rs->n, 2);
+	assert_memory_equal(rs->r[0].data, a, 65536);
+	assert_int_equal(rs->r[1].offset, 131072);
+	assert_memory_equal(rs->r[1].data, b, 65536);
+	recs_free(rs);
+	reopen(f);
+	rs = read_all(f->j, 0);
+	assert_int_equal(rs->n, 2);
+	assert_memory_equal(rs->r[1].data, b, 65536);
+	recs_free(rs);
+	free(a);
+	free(b);
+}
+
+struct vctx {
+	uint64_t n;
+	uint64_t bad;
+};
+
+static int
+verify_cb(const struct jentry *e, void *arg)
+{
+	struct vctx *v = arg;
+	uint64_t want[2] = { e->seq, e->offset };
+
+	if (e->type == JE_WRITE && (e->length != 65536 ||
+	    memcmp(e->data, want, sizeof(want)) != 0 ||
+	    e->data[65535] != (uint8_t)e->seq))
+		v->bad++;
+	v->n++;
+	return 0;
+}
+
+/* Entries over several segments read back; a trim removes the segments
+ * nothing points into any more, and the rest still reads after a
+ * reopen. */
+static void
+test_data_log_segments(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = calloc(1, 65536);
+	const uint64_t n = 2200;	/* 137.5 MiB: three segments */
+	struct vctx v = { 0, 0 };
+	int nfiles;
+
+	assert_non_null(b);
+	for (uint64_t i = 0; i < n; i += 100) {
+		assert_int_equal(journal_begin(f->j), 0);
+		for (uint64_t k = i; k < i + 100; k++) {
+			uint64_t hdr[2] = { k + 1, k * 65536 };
+
+			memcpy(b, hdr, sizeof(hdr));
+			b[65535] = (uint8_t)(k + 1);
+			append1(f->j, 0, k * 65536, 65536, b);
+		}
+		assert_int_equal(journal_commit(f->j), 0);
+	}
+	assert_int_equal(journal_sync(f->j), 0);
+	dir_bytes(f->jdir, &nfiles);
+	assert_int_equal(nfiles, 3);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
+	    (int)n);
+	assert_int_equal(v.bad, 0);
+
+	/* the first 1100 entries (68.75 MiB) hold segment 0 and part of 1 */
+	assert_int_equal(journal_trim(f->j, 1100), 1100);
+	dir_bytes(f->jdir, &nfiles);
+	assert_int_equal(nfiles, 2);
+	reopen(f);
+	v.n = v.bad = 0;
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
+	    (int)(n - 1100));
+	assert_int_equal(v.bad, 0);
+	/* everything: only the head's segment stays */
+	assert_int_equal(journal_trim(f->j, n), (int)(n - 1100));
+	dir_bytes(f->jdir, &nfiles);
+	assert_int_equal(nfiles, 1);
+	/* and the log goes on from its head, not over old slots */
+	assert_int_equal(journal_begin(f->j), 0);
+	{
+		uint64_t hdr[2] = { n + 1, 0 };
+
+		memcpy(b, hdr, sizeof(hdr));
+		b[65535] = (uint8_t)(n + 1);
+		append1(f->j, 0, 0, 65536, b);
+	}
+	assert_int_equal(journal_commit(f->j), 0);
+	reopen(f);
+	v.n = v.bad = 0;
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v), 1);
+	assert_int_equal(v.bad, 0);
+	free(b);
+}
+
+/* Data the log lost (a segment cut short or gone) is an error naming
+ * the cause, never zeroes. */
+static void
+test_data_log_lost(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = pattern(65536, 5);
+	char path[300];
+	struct recs *rs = recs_new();
+
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 0, 65536, b);
+	append1(f->j, 0, 65536, 65536, b);
+	assert_int_equal(journal_commit(f->j), 0);
+	journal_close(f->j);
+	snprintf(path, sizeof(path), "%s/data/%016llx", f->jdir, 0ull);
+	assert_int_equal(truncate(path, 65536 + 4096), 0);
+	f->j = jopen(f);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, collect, rs), -1);
+	assert_non_null(strstr(journal_error(f->j), "short (the log lost "
+	    "data)"));
+	assert_int_equal(rs->n, 1);
+	recs_free(rs);
+	journal_close(f->j);
+	assert_int_equal(unlink(path), 0);
+	f->j = jopen(f);
+	rs = recs_new();
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, collect, rs), -1);
+	assert_non_null(strstr(journal_error(f->j), "No such file"));
+	recs_free(rs);
 	free(b);
 }
 
@@ -1413,7 +1585,13 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_reset, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_read_limits, setup,
 		    teardown),
-		cmocka_unit_test_setup_teardown(test_page_geometry, setup,
+		cmocka_unit_test_setup_teardown(test_data_log, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_abort, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_segments, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_lost, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_txn_misuse, setup,
 		    teardown),

@@ -1,0 +1,301 @@
+/* jlog.c: the journal's data log (see jlog.h). */
+#include "jlog.h"
+#include "fileio.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int
+lfail(struct jlog *l, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(l->err, sizeof(l->err), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static uint64_t
+slot_len(uint32_t len)
+{
+	return ((uint64_t)len + JLOG_SLOT - 1) / JLOG_SLOT * JLOG_SLOT;
+}
+
+int
+jlog_takes(uint32_t len)
+{
+	/* what fits a leaf node stays there: no slot, no read */
+	return len > JLOG_SLOT / 4 && slot_len(len) <= JLOG_STAGE &&
+	    slot_len(len) <= JLOG_WINDOW;
+}
+
+static void
+seg_path(const struct jlog *l, uint64_t seg, char *path, size_t len)
+{
+	snprintf(path, len, "%s/%016llx", l->dir, (unsigned long long)seg);
+}
+
+/* Open a segment around the page cache, or through it where the file
+ * system has no O_DIRECT. */
+static int
+seg_open(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC | O_DIRECT, 0600);
+
+	if (fd == -1 && errno == EINVAL)
+		fd = open(path, flags | O_CLOEXEC, 0600);
+	return fd;
+}
+
+static int
+sync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r;
+
+	if (fd == -1)
+		return -1;
+	r = fsync(fd);
+	close(fd);
+	return r;
+}
+
+int
+jlog_open(struct jlog *l, const char *dir, uint64_t head)
+{
+	DIR *dh;
+	struct dirent *de;
+	int n = snprintf(l->dir, sizeof(l->dir), "%s/data", dir);
+
+	l->wfd = l->wbfd = l->rfd = -1;
+	l->wseg = l->rseg = UINT64_MAX;
+	if (n < 0 || (size_t)n >= sizeof(l->dir) - 20)
+		return lfail(l, "%s: path too long", dir);
+	if (mkdir(l->dir, 0700) == -1 && errno != EEXIST)
+		return lfail(l, "mkdir %s: %s", l->dir, strerror(errno));
+	if (head % JLOG_SLOT)
+		return lfail(l, "%s: head %llu is not slot-aligned (corrupted "
+		    "journal)", l->dir, (unsigned long long)head);
+	l->head = l->committed = l->ring_base = l->high = head;
+	l->low_seg = head / JLOG_SEG;
+	if ((dh = opendir(l->dir)) == NULL)
+		return lfail(l, "%s: %s", l->dir, strerror(errno));
+	while ((de = readdir(dh)) != NULL) {
+		char *end;
+		unsigned long long seg = strtoull(de->d_name, &end, 16);
+
+		if (de->d_name[0] != '.' && *end == '\0' && seg < l->low_seg)
+			l->low_seg = seg;
+	}
+	closedir(dh);
+	l->ring = aligned_alloc(JLOG_SLOT, JLOG_RING);
+	l->win = aligned_alloc(JLOG_SLOT, JLOG_WINDOW);
+	if (l->ring == NULL || l->win == NULL)
+		return lfail(l, "out of memory");
+	return 0;
+}
+
+void
+jlog_close(struct jlog *l)
+{
+	if (l->wfd >= 0)
+		close(l->wfd);
+	if (l->wbfd >= 0)
+		close(l->wbfd);
+	if (l->rfd >= 0)
+		close(l->rfd);
+	l->wfd = l->wbfd = l->rfd = -1;
+	free(l->ring);
+	free(l->win);
+	l->ring = l->win = NULL;
+}
+
+/* The writer's segment SEG (around the page cache if DIRECT), created if
+ * need be.  What went to the one before is synced first, so that
+ * jlog_sync has one file to sync. */
+static int
+wfd(struct jlog *l, uint64_t seg, int direct)
+{
+	char path[sizeof(l->dir) + 20];
+
+	if (l->wseg != seg && l->wfd >= 0) {
+		if (fdatasync(l->wfd) == -1)
+			return lfail(l, "sync %s: %s", l->dir, strerror(errno));
+		close(l->wfd);
+		if (l->wbfd >= 0)
+			close(l->wbfd);
+		l->wfd = l->wbfd = -1;
+	}
+	seg_path(l, seg, path, sizeof(path));
+	if (l->wfd < 0) {
+		if ((l->wfd = seg_open(path, O_WRONLY | O_CREAT)) == -1)
+			return lfail(l, "open %s: %s", path, strerror(errno));
+		l->wseg = seg;
+		l->dir_unsynced = 1;
+	}
+	if (!direct && l->wbfd < 0 && (l->wbfd = open(path, O_WRONLY |
+	    O_CLOEXEC)) == -1)
+		return lfail(l, "open %s: %s", path, strerror(errno));
+	return direct ? l->wfd : l->wbfd;
+}
+
+int
+jlog_flush(struct jlog *l)
+{
+	int fd;
+
+	if (l->st_len == 0)
+		return 0;
+	if ((fd = wfd(l, l->st_at / JLOG_SEG, l->st_len >= JLOG_DIRECT)) < 0)
+		return -1;
+	if (pwrite_full(fd, l->ring + l->st_at % JLOG_RING, l->st_len,
+	    l->st_at % JLOG_SEG) != 0)
+		return lfail(l, "write %s/%016llx: %s", l->dir,
+		    (unsigned long long)(l->st_at / JLOG_SEG),
+		    strerror(errno));
+	l->st_len = 0;
+	return 0;
+}
+
+int
+jlog_append(struct jlog *l, const void *data, uint32_t len, uint64_t *at)
+{
+	uint64_t slot = slot_len(len);
+
+	uint8_t *p;
+
+	/* a slot never spans the ring's end, nor so a segment's */
+	if (l->head % JLOG_RING + slot > JLOG_RING)
+		l->head = (l->head / JLOG_RING + 1) * JLOG_RING;
+	/* what is staged is one run in the ring and in one segment */
+	if (l->st_len > 0 && (l->st_len + slot > JLOG_STAGE ||
+	    l->head / JLOG_RING != l->st_at / JLOG_RING ||
+	    l->head != l->st_at + l->st_len) && jlog_flush(l) != 0)
+		return -1;
+	if (l->st_len == 0)
+		l->st_at = l->head;
+	/* readers learn that the ring is written up to here before it is */
+	if (l->head + slot > l->high) {
+		__atomic_store_n(&l->high, l->head + slot, __ATOMIC_RELAXED);
+		__atomic_thread_fence(__ATOMIC_RELEASE);
+	}
+	p = l->ring + l->head % JLOG_RING;
+	memcpy(p, data, len);
+	memset(p + len, 0, slot - len);
+	l->st_len += slot;
+	*at = l->head;
+	l->head += slot;
+	return 0;
+}
+
+void
+jlog_committed(struct jlog *l)
+{
+	__atomic_store_n(&l->committed, l->head, __ATOMIC_RELEASE);
+}
+
+void
+jlog_rewind(struct jlog *l)
+{
+	/* slots written for the transaction are written over next time */
+	l->st_len = 0;
+	l->head = l->committed;
+}
+
+int
+jlog_sync(struct jlog *l)
+{
+	if (l->wfd >= 0 && fdatasync(l->wfd) == -1)	/* syncs wbfd's too */
+		return lfail(l, "sync %s: %s", l->dir, strerror(errno));
+	if (l->dir_unsynced) {
+		if (sync_dir(l->dir) != 0)
+			return lfail(l, "sync %s: %s", l->dir, strerror(errno));
+		l->dir_unsynced = 0;
+	}
+	return 0;
+}
+
+int
+jlog_read(struct jlog *l, uint64_t at, uint32_t len, const uint8_t **p)
+{
+	uint64_t seg = at / JLOG_SEG, want, top;
+	char path[sizeof(l->dir) + 20];
+	ssize_t got;
+
+	if (at >= l->win_at && at + len <= l->win_at + l->win_len) {
+		*p = l->win + (at - l->win_at);
+		return 0;
+	}
+	if (at % JLOG_SLOT || at % JLOG_RING + slot_len(len) > JLOG_RING ||
+	    slot_len(len) > JLOG_WINDOW)
+		return lfail(l, "data at %llu+%u: not a slot (corrupted "
+		    "journal)", (unsigned long long)at, len);
+	if (at >= l->ring_base) {
+		/* recent: from the ring, if the writer has not come round
+		 * over it while it was copied */
+		memcpy(l->win, l->ring + at % JLOG_RING, len);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&l->high, __ATOMIC_RELAXED) - at <=
+		    JLOG_RING) {
+			l->win_at = at;
+			l->win_len = len;
+			*p = l->win;
+			return 0;
+		}
+	}
+	if (l->rfd < 0 || l->rseg != seg) {
+		if (l->rfd >= 0)
+			close(l->rfd);
+		seg_path(l, seg, path, sizeof(path));
+		if ((l->rfd = seg_open(path, O_RDONLY)) == -1)
+			return lfail(l, "open %s: %s", path, strerror(errno));
+		l->rseg = seg;
+	}
+	/* read ahead up to what is committed: those slots never change */
+	top = __atomic_load_n(&l->committed, __ATOMIC_ACQUIRE);
+	want = top > at ? top - at : 0;
+	if (want > JLOG_WINDOW)
+		want = JLOG_WINDOW;
+	if (want > JLOG_SEG - at % JLOG_SEG)
+		want = JLOG_SEG - at % JLOG_SEG;
+	if (want < slot_len(len))
+		want = slot_len(len);
+	l->win_len = 0;
+	do
+		got = pread(l->rfd, l->win, want, (off_t)(at % JLOG_SEG));
+	while (got < 0 && errno == EINTR);
+	if (got < 0)
+		return lfail(l, "read %s/%016llx at %llu: %s", l->dir,
+		    (unsigned long long)seg,
+		    (unsigned long long)(at % JLOG_SEG), strerror(errno));
+	if ((size_t)got < len)
+		return lfail(l, "read %s/%016llx at %llu: short (the log lost "
+		    "data)", l->dir, (unsigned long long)seg,
+		    (unsigned long long)(at % JLOG_SEG));
+	l->win_at = at;
+	l->win_len = (size_t)got;
+	*p = l->win;
+	return 0;
+}
+
+void
+jlog_release(struct jlog *l, uint64_t below)
+{
+	char path[sizeof(l->dir) + 20];
+	uint64_t end = below / JLOG_SEG;
+
+	/* the writer's segment stays */
+	if (l->wfd >= 0 && end > l->wseg)
+		end = l->wseg;
+	for (; l->low_seg < end; l->low_seg++) {
+		seg_path(l, l->low_seg, path, sizeof(path));
+		unlink(path);
+	}
+}
