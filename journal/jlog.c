@@ -43,6 +43,12 @@ seg_path(const struct jlog *l, uint64_t seg, char *path, size_t len)
 	snprintf(path, len, "%s/%016llx", l->dir, (unsigned long long)seg);
 }
 
+static void
+spare_path(const struct jlog *l, int i, char *path, size_t len)
+{
+	snprintf(path, len, "%s/spare.%d", l->dir, i);
+}
+
 /* Open a segment around the page cache, or through it where the file
  * system has no O_DIRECT. */
 static int
@@ -95,6 +101,13 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 			l->low_seg = seg;
 	}
 	closedir(dh);
+	/* spares of an earlier run: their pages are cold by now */
+	for (int i = 0; i < JLOG_SPARES; i++) {
+		char path[sizeof(l->dir) + 20];
+
+		spare_path(l, i, path, sizeof(path));
+		unlink(path);
+	}
 	l->ring = aligned_alloc(JLOG_SLOT, JLOG_RING);
 	l->win = aligned_alloc(JLOG_SLOT, JLOG_WINDOW);
 	if (l->ring == NULL || l->win == NULL)
@@ -135,6 +148,16 @@ wfd(struct jlog *l, uint64_t seg, int direct)
 	}
 	seg_path(l, seg, path, sizeof(path));
 	if (l->wfd < 0) {
+		char spare[sizeof(l->dir) + 20];
+
+		l->wreused = 0;
+		if (l->nspares > 0 && access(path, F_OK) == -1 &&
+		    errno == ENOENT) {
+			spare_path(l, l->nspares - 1, spare, sizeof(spare));
+			if (rename(spare, path) == 0)
+				l->wreused = 1;
+			l->nspares--;
+		}
 		if ((l->wfd = seg_open(path, O_WRONLY | O_CREAT)) == -1)
 			return lfail(l, "open %s: %s", path, strerror(errno));
 		l->wseg = seg;
@@ -153,7 +176,9 @@ jlog_flush(struct jlog *l)
 
 	if (l->st_len == 0)
 		return 0;
-	if ((fd = wfd(l, l->st_at / JLOG_SEG, l->st_len >= JLOG_DIRECT)) < 0)
+	if ((fd = wfd(l, l->st_at / JLOG_SEG, 1)) < 0 ||
+	    ((l->wreused || l->st_len < JLOG_DIRECT) &&
+	    (fd = wfd(l, l->st_at / JLOG_SEG, 0)) < 0))
 		return -1;
 	if (pwrite_full(fd, l->ring + l->st_at % JLOG_RING, l->st_len,
 	    l->st_at % JLOG_SEG) != 0)
@@ -295,7 +320,14 @@ jlog_release(struct jlog *l, uint64_t below)
 	if (l->wfd >= 0 && end > l->wseg)
 		end = l->wseg;
 	for (; l->low_seg < end; l->low_seg++) {
+		char spare[sizeof(l->dir) + 20];
+
 		seg_path(l, l->low_seg, path, sizeof(path));
-		unlink(path);
+		spare_path(l, l->nspares, spare, sizeof(spare));
+		if (l->nspares < JLOG_SPARES && rename(path, spare) == 0)
+			l->nspares++;
+		else
+			unlink(path);
+		l->dir_unsynced = 1;
 	}
 }

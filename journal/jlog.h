@@ -9,8 +9,12 @@
  * The writer puts data into a ring in memory at its offset (modulo
  * JLOG_RING) and writes what an open transaction staged with one call
  * (jlog_flush) before the transaction commits: a committed entry never
- * points at data that is not written.  Large writes go around the page
- * cache, small ones through it (a direct write waits for the device, and
+ * points at data that is not written.  Segments that trimming left behind
+ * are kept as spares (up to JLOG_SPARES) and renamed into place when the
+ * log needs a new one: their pages are still in the page cache, and
+ * writing over them costs a copy.  Into a new file, large writes go
+ * around the page cache (new cache pages cost more than the device's
+ * time), small ones through it (a direct write waits for the device, and
  * a group commit of a few 4 KiB writes should not).  Sync (jlog_sync)
  * makes the written data durable; the journal calls it before it syncs
  * LMDB.
@@ -33,6 +37,7 @@
 #define JLOG_STAGE	(8u << 20)	/* staged before a write */
 #define JLOG_DIRECT	(1u << 20)	/* writes this large skip the cache */
 #define JLOG_WINDOW	(4u << 20)	/* read at once */
+#define JLOG_SPARES	4		/* trimmed segments kept for reuse */
 
 struct jlog {
 	char dir[PATH_MAX];
@@ -42,6 +47,8 @@ struct jlog {
 	int wfd;		/* writer's segment, around the page cache */
 	int wbfd;		/* the same, through it */
 	uint64_t wseg;
+	int wreused;		/* the writer's segment was a spare */
+	int nspares;		/* spares DIR/spare.0 .. spare.N-1 */
 	int dir_unsynced;	/* a segment was created since the last sync */
 	uint8_t *ring;		/* offset x is at ring[x % JLOG_RING] */
 	uint64_t ring_base;	/* nothing below it is in the ring */

@@ -1022,8 +1022,8 @@ verify_cb(const struct jentry *e, void *arg)
 }
 
 /* Entries over several segments read back; a trim removes the segments
- * nothing points into any more, and the rest still reads after a
- * reopen. */
+ * nothing points into any more (kept as spares), the rest still reads
+ * after a reopen, and a spare becomes the next new segment. */
 static void
 test_data_log_segments(void **state)
 {
@@ -1031,6 +1031,7 @@ test_data_log_segments(void **state)
 	uint8_t *b = calloc(1, 65536);
 	const uint64_t n = 2200;	/* 137.5 MiB: three segments */
 	struct vctx v = { 0, 0 };
+	char path[300];
 	int nfiles;
 
 	assert_non_null(b);
@@ -1065,19 +1066,33 @@ test_data_log_segments(void **state)
 	assert_int_equal(journal_trim(f->j, n), (int)(n - 1100));
 	dir_bytes(f->jdir, &nfiles);
 	assert_int_equal(nfiles, 1);
-	/* and the log goes on from its head, not over old slots */
-	assert_int_equal(journal_begin(f->j), 0);
-	{
-		uint64_t hdr[2] = { n + 1, 0 };
+	/* the segments trimmed are kept as spares */
+	snprintf(path, sizeof(path), "%s/data/spare.0", f->jdir);
+	assert_int_equal(access(path, F_OK), 0);
+	/* and the log goes on from its head, not over old slots, into a
+	 * spare when it needs a new segment */
+	for (uint64_t i = n; i < n + 1100; i += 100) {
+		assert_int_equal(journal_begin(f->j), 0);
+		for (uint64_t k = i; k < i + 100; k++) {
+			uint64_t hdr[2] = { k + 1, k * 65536 };
 
-		memcpy(b, hdr, sizeof(hdr));
-		b[65535] = (uint8_t)(n + 1);
-		append1(f->j, 0, 0, 65536, b);
+			memcpy(b, hdr, sizeof(hdr));
+			b[65535] = (uint8_t)(k + 1);
+			append1(f->j, 0, k * 65536, 65536, b);
+		}
+		assert_int_equal(journal_commit(f->j), 0);
 	}
-	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(access(path, F_OK), -1);
+	dir_bytes(f->jdir, &nfiles);
+	assert_int_equal(nfiles, 2);
+	v.n = v.bad = 0;
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
+	    1100);
+	assert_int_equal(v.bad, 0);
 	reopen(f);
 	v.n = v.bad = 0;
-	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v), 1);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
+	    1100);
 	assert_int_equal(v.bad, 0);
 	free(b);
 }
