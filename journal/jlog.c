@@ -23,11 +23,7 @@ lfail(struct jlog *l, const char *fmt, ...)
 	return -1;
 }
 
-static uint64_t
-slot_len(uint32_t len)
-{
-	return ((uint64_t)len + JLOG_SLOT - 1) / JLOG_SLOT * JLOG_SLOT;
-}
+#define slot_len jlog_space
 
 int
 jlog_takes(uint32_t len)
@@ -41,12 +37,6 @@ static void
 seg_path(const struct jlog *l, uint64_t seg, char *path, size_t len)
 {
 	snprintf(path, len, "%s/%016llx", l->dir, (unsigned long long)seg);
-}
-
-static void
-spare_path(const struct jlog *l, int i, char *path, size_t len)
-{
-	snprintf(path, len, "%s/spare.%d", l->dir, i);
 }
 
 /* Open a segment around the page cache, or through it where the file
@@ -90,6 +80,25 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 		return lfail(l, "%s: head %llu is not slot-aligned (corrupted "
 		    "journal)", l->dir, (unsigned long long)head);
 	l->head = l->committed = l->ring_base = l->high = head;
+	/* an earlier run's last writes may be unsynced (a kill -9): they
+	 * are made durable before LMDB's entries that point at them */
+	for (uint64_t at = head > 0 ? head - 1 : 0; at <= head; at++) {
+		char path[sizeof(l->dir) + 20];
+		int fd;
+
+		seg_path(l, at / JLOG_SEG, path, sizeof(path));
+		if ((fd = open(path, O_WRONLY | O_CLOEXEC)) >= 0) {
+			n = fdatasync(fd);
+			close(fd);
+			if (n == -1)
+				return lfail(l, "sync %s: %s", path,
+				    strerror(errno));
+		}
+		if (head == 0)
+			break;
+	}
+	if (sync_dir(l->dir) != 0 || sync_dir(dir) != 0)
+		return lfail(l, "sync %s: %s", l->dir, strerror(errno));
 	l->low_seg = head / JLOG_SEG;
 	if ((dh = opendir(l->dir)) == NULL)
 		return lfail(l, "%s: %s", l->dir, strerror(errno));
@@ -101,13 +110,6 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 			l->low_seg = seg;
 	}
 	closedir(dh);
-	/* spares of an earlier run: their pages are cold by now */
-	for (int i = 0; i < JLOG_SPARES; i++) {
-		char path[sizeof(l->dir) + 20];
-
-		spare_path(l, i, path, sizeof(path));
-		unlink(path);
-	}
 	l->ring = aligned_alloc(JLOG_SLOT, JLOG_RING);
 	l->win = aligned_alloc(JLOG_SLOT, JLOG_WINDOW);
 	if (l->ring == NULL || l->win == NULL)
@@ -148,16 +150,6 @@ wfd(struct jlog *l, uint64_t seg, int direct)
 	}
 	seg_path(l, seg, path, sizeof(path));
 	if (l->wfd < 0) {
-		char spare[sizeof(l->dir) + 20];
-
-		l->wreused = 0;
-		if (l->nspares > 0 && access(path, F_OK) == -1 &&
-		    errno == ENOENT) {
-			spare_path(l, l->nspares - 1, spare, sizeof(spare));
-			if (rename(spare, path) == 0)
-				l->wreused = 1;
-			l->nspares--;
-		}
 		if ((l->wfd = seg_open(path, O_WRONLY | O_CREAT)) == -1)
 			return lfail(l, "open %s: %s", path, strerror(errno));
 		l->wseg = seg;
@@ -176,9 +168,7 @@ jlog_flush(struct jlog *l)
 
 	if (l->st_len == 0)
 		return 0;
-	if ((fd = wfd(l, l->st_at / JLOG_SEG, 1)) < 0 ||
-	    ((l->wreused || l->st_len < JLOG_DIRECT) &&
-	    (fd = wfd(l, l->st_at / JLOG_SEG, 0)) < 0))
+	if ((fd = wfd(l, l->st_at / JLOG_SEG, l->st_len >= JLOG_DIRECT)) < 0)
 		return -1;
 	if (pwrite_full(fd, l->ring + l->st_at % JLOG_RING, l->st_len,
 	    l->st_at % JLOG_SEG) != 0)
@@ -247,21 +237,39 @@ jlog_sync(struct jlog *l)
 	return 0;
 }
 
-int
-jlog_read(struct jlog *l, uint64_t at, uint32_t len, const uint8_t **p)
+/* The reader's errors: its own buffer, the writer may fail meanwhile. */
+static int
+rfail(struct jlog *l, const char *fmt, ...)
 {
-	uint64_t seg = at / JLOG_SEG, want, top;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(l->rerr, sizeof(l->rerr), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+int
+jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
+    const uint8_t **p)
+{
+	uint64_t seg = at / JLOG_SEG, want;
 	char path[sizeof(l->dir) + 20];
 	ssize_t got;
 
-	if (at >= l->win_at && at + len <= l->win_at + l->win_len) {
+	/* checked before anything is computed from it */
+	if (len == 0 || at % JLOG_SLOT || slot_len(len) > JLOG_WINDOW ||
+	    at % JLOG_RING + slot_len(len) > JLOG_RING || at > top ||
+	    top - at < len)
+		return rfail(l, "data at %llu+%u: not a slot below the log's "
+		    "head %llu (corrupted journal)", (unsigned long long)at,
+		    len, (unsigned long long)top);
+	if (at >= l->win_at && at - l->win_at <= l->win_len &&
+	    len <= l->win_len - (at - l->win_at)) {
 		*p = l->win + (at - l->win_at);
 		return 0;
 	}
-	if (at % JLOG_SLOT || at % JLOG_RING + slot_len(len) > JLOG_RING ||
-	    slot_len(len) > JLOG_WINDOW)
-		return lfail(l, "data at %llu+%u: not a slot (corrupted "
-		    "journal)", (unsigned long long)at, len);
+	l->win_len = 0;
 	if (at >= l->ring_base) {
 		/* recent: from the ring, if the writer has not come round
 		 * over it while it was copied */
@@ -280,28 +288,27 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, const uint8_t **p)
 			close(l->rfd);
 		seg_path(l, seg, path, sizeof(path));
 		if ((l->rfd = seg_open(path, O_RDONLY)) == -1)
-			return lfail(l, "open %s: %s", path, strerror(errno));
+			return rfail(l, "open %s: %s", path, strerror(errno));
 		l->rseg = seg;
 	}
-	/* read ahead up to what is committed: those slots never change */
-	top = __atomic_load_n(&l->committed, __ATOMIC_ACQUIRE);
-	want = top > at ? top - at : 0;
+	/* read ahead up to the head the reader's snapshot knows: those
+	 * slots are committed, and a committed slot never changes */
+	want = top - at;
 	if (want > JLOG_WINDOW)
 		want = JLOG_WINDOW;
 	if (want > JLOG_SEG - at % JLOG_SEG)
 		want = JLOG_SEG - at % JLOG_SEG;
 	if (want < slot_len(len))
 		want = slot_len(len);
-	l->win_len = 0;
 	do
 		got = pread(l->rfd, l->win, want, (off_t)(at % JLOG_SEG));
 	while (got < 0 && errno == EINTR);
 	if (got < 0)
-		return lfail(l, "read %s/%016llx at %llu: %s", l->dir,
+		return rfail(l, "read %s/%016llx at %llu: %s", l->dir,
 		    (unsigned long long)seg,
 		    (unsigned long long)(at % JLOG_SEG), strerror(errno));
 	if ((size_t)got < len)
-		return lfail(l, "read %s/%016llx at %llu: short (the log lost "
+		return rfail(l, "read %s/%016llx at %llu: short (the log lost "
 		    "data)", l->dir, (unsigned long long)seg,
 		    (unsigned long long)(at % JLOG_SEG));
 	l->win_at = at;
@@ -314,20 +321,17 @@ void
 jlog_release(struct jlog *l, uint64_t below)
 {
 	char path[sizeof(l->dir) + 20];
-	uint64_t end = below / JLOG_SEG;
+	uint64_t end;
 
+	/* nothing at or past the head is released (a corrupted offset) */
+	if (below > l->committed)
+		below = l->committed;
+	end = below / JLOG_SEG;
 	/* the writer's segment stays */
 	if (l->wfd >= 0 && end > l->wseg)
 		end = l->wseg;
 	for (; l->low_seg < end; l->low_seg++) {
-		char spare[sizeof(l->dir) + 20];
-
 		seg_path(l, l->low_seg, path, sizeof(path));
-		spare_path(l, l->nspares, spare, sizeof(spare));
-		if (l->nspares < JLOG_SPARES && rename(path, spare) == 0)
-			l->nspares++;
-		else
-			unlink(path);
-		l->dir_unsynced = 1;
+		unlink(path);
 	}
 }

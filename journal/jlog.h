@@ -9,12 +9,8 @@
  * The writer puts data into a ring in memory at its offset (modulo
  * JLOG_RING) and writes what an open transaction staged with one call
  * (jlog_flush) before the transaction commits: a committed entry never
- * points at data that is not written.  Segments that trimming left behind
- * are kept as spares (up to JLOG_SPARES) and renamed into place when the
- * log needs a new one: their pages are still in the page cache, and
- * writing over them costs a copy.  Into a new file, large writes go
- * around the page cache (new cache pages cost more than the device's
- * time), small ones through it (a direct write waits for the device, and
+ * points at data that is not written.  Large writes go around the page
+ * cache, small ones through it (a direct write waits for the device, and
  * a group commit of a few 4 KiB writes should not).  Sync (jlog_sync)
  * makes the written data durable; the journal calls it before it syncs
  * LMDB.
@@ -37,7 +33,6 @@
 #define JLOG_STAGE	(8u << 20)	/* staged before a write */
 #define JLOG_DIRECT	(1u << 20)	/* writes this large skip the cache */
 #define JLOG_WINDOW	(4u << 20)	/* read at once */
-#define JLOG_SPARES	4		/* trimmed segments kept for reuse */
 
 struct jlog {
 	char dir[PATH_MAX];
@@ -47,8 +42,6 @@ struct jlog {
 	int wfd;		/* writer's segment, around the page cache */
 	int wbfd;		/* the same, through it */
 	uint64_t wseg;
-	int wreused;		/* the writer's segment was a spare */
-	int nspares;		/* spares DIR/spare.0 .. spare.N-1 */
 	int dir_unsynced;	/* a segment was created since the last sync */
 	uint8_t *ring;		/* offset x is at ring[x % JLOG_RING] */
 	uint64_t ring_base;	/* nothing below it is in the ring */
@@ -61,8 +54,16 @@ struct jlog {
 	uint8_t *win;		/* reader's window [win_at, win_at + win_len) */
 	size_t win_len;
 	uint64_t win_at;
-	char err[PATH_MAX + 64];
+	char err[PATH_MAX + 64];	/* the writer's errors */
+	char rerr[PATH_MAX + 64];	/* the reader's */
 };
+
+/* The space LEN bytes take in the log: whole slots. */
+static inline uint64_t
+jlog_space(uint32_t len)
+{
+	return ((uint64_t)len + JLOG_SLOT - 1) / JLOG_SLOT * JLOG_SLOT;
+}
 
 /* Open the log in DIR (created), its head at HEAD (from the journal's
  * meta table). */
@@ -80,9 +81,11 @@ void jlog_committed(struct jlog *l);
 void jlog_rewind(struct jlog *l);
 /* Make every written slot durable. */
 int jlog_sync(struct jlog *l);
-/* Reader: LEN bytes at AT (a committed entry's); *p is valid until the
- * next call. */
-int jlog_read(struct jlog *l, uint64_t at, uint32_t len, const uint8_t **p);
+/* Reader: LEN bytes at AT, a committed entry's, below TOP (the head as of
+ * the reader's snapshot); *p is valid until the next call.  Errors go to
+ * l->rerr. */
+int jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
+    const uint8_t **p);
 /* Remove the segments that lie wholly below offset BELOW. */
 void jlog_release(struct jlog *l, uint64_t below);
 

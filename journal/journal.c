@@ -160,7 +160,8 @@ journal_open(const char *dir, char *err, size_t errlen)
 		txn = NULL;
 		goto fail;
 	}
-	mdb_env_sync(j->env, 1);
+	/* the data log syncs an earlier run's data before LMDB syncs the
+	 * entries that point at it */
 	if (jlog_open(&j->dl, dir, dhead) != 0) {
 		snprintf(err, errlen, "journal: %s", j->dl.err);
 		jlog_close(&j->dl);
@@ -168,6 +169,7 @@ journal_open(const char *dir, char *err, size_t errlen)
 		free(j);
 		return NULL;
 	}
+	mdb_env_sync(j->env, 1);
 	release_data(j);
 	return j;
 fail:
@@ -728,7 +730,7 @@ journal_clear_dirty(struct journal *j)
 
 /* Decode one log record; write data is made contiguous in j->scratch. */
 static int
-decode(struct journal *j, const MDB_val *k, const MDB_val *d,
+decode(struct journal *j, const MDB_val *k, const MDB_val *d, uint64_t top,
     struct jentry *e)
 {
 	const uint8_t *p = k->mv_data;
@@ -751,9 +753,9 @@ decode(struct journal *j, const MDB_val *k, const MDB_val *d,
 				return jfail(j, "corrupt journal entry %llu",
 				    (unsigned long long)e->seq);
 			if (jlog_read(&j->dl, kv_get64(d->mv_data), e->length,
-			    &e->data) != 0)
+			    top, &e->data) != 0)
 				return jfail(j, "entry %llu: %s",
-				    (unsigned long long)e->seq, j->dl.err);
+				    (unsigned long long)e->seq, j->dl.rerr);
 			break;
 		}
 		if (inl != k->mv_size - LK_HDR ||
@@ -800,10 +802,13 @@ journal_read(struct journal *j, uint64_t from, size_t max_bytes,
 	uint8_t key[8];
 	struct jentry e;
 	size_t bytes = 0;
+	uint64_t top;
 	int n = 0, rc, op = MDB_SET_RANGE;
 
 	if ((rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn)) != 0)
 		return jfail(j, "read: %s", mdb_strerror(rc));
+	/* the data log's head as of this snapshot bounds its entries */
+	kv_get_u64(txn, j->meta, JM_DHEAD, &top, 0);
 	if ((rc = mdb_cursor_open(txn, j->log, &c)) != 0) {
 		mdb_txn_abort(txn);
 		return jfail(j, "read: %s", mdb_strerror(rc));
@@ -813,7 +818,7 @@ journal_read(struct journal *j, uint64_t from, size_t max_bytes,
 	k.mv_data = key;
 	while ((rc = mdb_cursor_get(c, &k, &d, op)) == 0) {
 		op = MDB_NEXT;
-		if (decode(j, &k, &d, &e) != 0) {
+		if (decode(j, &k, &d, top, &e) != 0) {
 			n = -1;
 			break;
 		}

@@ -1022,8 +1022,8 @@ verify_cb(const struct jentry *e, void *arg)
 }
 
 /* Entries over several segments read back; a trim removes the segments
- * nothing points into any more (kept as spares), the rest still reads
- * after a reopen, and a spare becomes the next new segment. */
+ * nothing points into any more, and the rest still reads after a
+ * reopen. */
 static void
 test_data_log_segments(void **state)
 {
@@ -1031,7 +1031,6 @@ test_data_log_segments(void **state)
 	uint8_t *b = calloc(1, 65536);
 	const uint64_t n = 2200;	/* 137.5 MiB: three segments */
 	struct vctx v = { 0, 0 };
-	char path[300];
 	int nfiles;
 
 	assert_non_null(b);
@@ -1066,34 +1065,109 @@ test_data_log_segments(void **state)
 	assert_int_equal(journal_trim(f->j, n), (int)(n - 1100));
 	dir_bytes(f->jdir, &nfiles);
 	assert_int_equal(nfiles, 1);
-	/* the segments trimmed are kept as spares */
-	snprintf(path, sizeof(path), "%s/data/spare.0", f->jdir);
-	assert_int_equal(access(path, F_OK), 0);
-	/* and the log goes on from its head, not over old slots, into a
-	 * spare when it needs a new segment */
-	for (uint64_t i = n; i < n + 1100; i += 100) {
-		assert_int_equal(journal_begin(f->j), 0);
-		for (uint64_t k = i; k < i + 100; k++) {
-			uint64_t hdr[2] = { k + 1, k * 65536 };
+	/* and the log goes on from its head, not over old slots */
+	assert_int_equal(journal_begin(f->j), 0);
+	{
+		uint64_t hdr[2] = { n + 1, 0 };
 
-			memcpy(b, hdr, sizeof(hdr));
-			b[65535] = (uint8_t)(k + 1);
-			append1(f->j, 0, k * 65536, 65536, b);
-		}
-		assert_int_equal(journal_commit(f->j), 0);
+		memcpy(b, hdr, sizeof(hdr));
+		b[65535] = (uint8_t)(n + 1);
+		append1(f->j, 0, 0, 65536, b);
 	}
-	assert_int_equal(access(path, F_OK), -1);
-	dir_bytes(f->jdir, &nfiles);
-	assert_int_equal(nfiles, 2);
-	v.n = v.bad = 0;
-	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
-	    1100);
-	assert_int_equal(v.bad, 0);
+	assert_int_equal(journal_commit(f->j), 0);
 	reopen(f);
 	v.n = v.bad = 0;
-	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
-	    1100);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v), 1);
 	assert_int_equal(v.bad, 0);
+	free(b);
+}
+
+static int
+first_cb(const struct jentry *e, void *arg)
+{
+	struct vctx *v = arg;
+
+	verify_cb(e, v);
+	return 1;	/* one entry */
+}
+
+/* A read that fails (its segment cannot be opened) leaves nothing behind
+ * that a later read could take for data. */
+static void
+test_data_log_failed_read(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = calloc(1, 65536);
+	struct vctx v = { 0, 0 };
+	char path[300], away[310];
+
+	assert_non_null(b);
+	/* 106 MiB: segments 0 and 1, the ring holds the last 32 MiB */
+	for (uint64_t k = 0; k < 1700; k++) {
+		uint64_t hdr[2] = { k + 1, k * 65536 };
+
+		if (k % 100 == 0)
+			assert_int_equal(journal_begin(f->j), 0);
+		memcpy(b, hdr, sizeof(hdr));
+		b[65535] = (uint8_t)(k + 1);
+		append1(f->j, 0, k * 65536, 65536, b);
+		if (k % 100 == 99)
+			assert_int_equal(journal_commit(f->j), 0);
+	}
+	/* seq 1 from segment 0's file */
+	assert_int_equal(journal_read(f->j, 1, 1, first_cb, &v), 1);
+	assert_int_equal(v.bad, 0);
+	snprintf(path, sizeof(path), "%s/data/%016llx", f->jdir, 1ull);
+	snprintf(away, sizeof(away), "%s.away", path);
+	assert_int_equal(rename(path, away), 0);
+	assert_int_equal(journal_read(f->j, 1025, 1, first_cb, &v), -1);
+	assert_non_null(strstr(journal_error(f->j), "No such file"));
+	assert_int_equal(rename(away, path), 0);
+	v.n = v.bad = 0;
+	assert_int_equal(journal_read(f->j, 1, 1, first_cb, &v), 1);
+	assert_int_equal(journal_read(f->j, 1025, 1, first_cb, &v), 1);
+	assert_int_equal(v.n, 2);
+	assert_int_equal(v.bad, 0);
+	free(b);
+}
+
+/* A record whose offset is not a slot below the log's head (a corrupted
+ * journal) is an error, not a read outside the buffers. */
+static void
+test_data_log_bad_ref(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = pattern(8192, 9), bad[8] = { 0xff, 0xff, 0xff, 0xff,
+	    0xff, 0xff, 0xf0, 0x00 };
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_dbi dbi;
+	MDB_val k, d = { sizeof(bad), bad };
+	struct recs *rs = recs_new();
+
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 0, 8192, b);
+	assert_int_equal(journal_commit(f->j), 0);
+	journal_close(f->j);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+	assert_int_equal(mdb_env_open(env, f->jdir, 0, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "log", 0, &dbi), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &c), 0);
+	assert_int_equal(mdb_cursor_get(c, &k, &d, MDB_FIRST), 0);
+	d.mv_size = sizeof(bad);
+	d.mv_data = bad;
+	assert_int_equal(mdb_cursor_put(c, &k, &d, MDB_CURRENT), 0);
+	mdb_cursor_close(c);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	f->j = jopen(f);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, collect, rs), -1);
+	assert_non_null(strstr(journal_error(f->j), "corrupted journal"));
+	assert_int_equal(rs->n, 0);
+	recs_free(rs);
 	free(b);
 }
 
@@ -1605,6 +1679,10 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_data_log_abort, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_segments, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_failed_read,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_bad_ref, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_lost, setup,
 		    teardown),
