@@ -118,7 +118,26 @@ struct pvm {
 	size_t nops, capops;
 	int need_sync;
 	uint64_t written_seq;	/* entries up to here are in the images
-				 * (main writes; the shipper reads: atomic) */
+				 * (the image writer or main writes; main and
+				 * the shipper read: atomic) */
+	/*
+	 * The image writer (vm.c): a thread that writes committed journal
+	 * entries to the images while the main thread goes on with the next
+	 * requests.  Main queues each commit's writes (handing over their
+	 * data) and waits for the queue to drain before it reads or writes
+	 * an image itself.  Under iw_mu.
+	 */
+	pthread_t iw_thread;
+	int iw_started;
+	pthread_mutex_t iw_mu;
+	pthread_cond_t iw_work, iw_idle;
+	struct pop *iw_q;
+	size_t iw_n, iw_cap;
+	uint64_t iw_bytes;	/* data queued or being written */
+	uint64_t iw_target;	/* committed seq the queue leads up to */
+	int iw_busy, iw_stop;
+	int iw_pending;		/* atomic: queued or being written */
+	int iw_failed;		/* atomic: an image write failed */
 	/*
 	 * Journal quota (vm.c).  Over journal_max, writes go to the image
 	 * and the journal's dirty map instead of the journal (overflow).

@@ -1,8 +1,9 @@
 /*
  * vm.c: the primary side of a protected VM.  Its disks are served over NBD
  * (vm_nbd_backend); every write is appended to the VM's journal and
- * acknowledged once committed, group-committed per event-loop turn, then
- * written to the image.  Points are cut on the VM's interval or on demand.
+ * acknowledged once committed, group-committed per event-loop turn; the
+ * image writer thread then writes it to the image, and reads wait for it.
+ * Points are cut on the VM's interval or on demand.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +36,175 @@ img_sync(struct pvm *vm)
 			log_warn("%s: sync %s", __func__, vm->cfg->disks[i].path);
 			return -1;
 		}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the image writer */
+
+#define IW_MAX_BYTES	(64u << 20)	/* queued before main waits */
+
+static void *
+iw_main(void *arg)
+{
+	struct pvm *vm = arg;
+	struct pop *q = NULL;
+	size_t n = 0, cap = 0;
+
+	pthread_mutex_lock(&vm->iw_mu);
+	for (;;) {
+		uint64_t seq, bytes = 0;
+		struct pop *t;
+		size_t tc;
+
+		while (vm->iw_n == 0 && !vm->iw_stop)
+			pthread_cond_wait(&vm->iw_work, &vm->iw_mu);
+		if (vm->iw_n == 0)
+			break;
+		/* take the whole queue; main fills the other array */
+		t = q;
+		tc = cap;
+		q = vm->iw_q;
+		n = vm->iw_n;
+		cap = vm->iw_cap;
+		vm->iw_q = t;
+		vm->iw_cap = tc;
+		vm->iw_n = 0;
+		seq = vm->iw_target;
+		vm->iw_busy = 1;
+		pthread_mutex_unlock(&vm->iw_mu);
+		for (size_t i = 0; i < n; i++) {
+			struct pop *op = &q[i];
+			struct pdisk *pd = &vm->disks[op->disk];
+
+			if (!__atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE) &&
+			    (op->data ? pwrite_full(pd->fd, op->data, op->len,
+			    op->off) : zero_range(pd->fd, op->off, op->len))) {
+				log_warn("vm %s: write %s (the journal keeps "
+				    "it: a restart writes it again)",
+				    vm->cfg->name, pd->export);
+				__atomic_store_n(&vm->iw_failed, 1,
+				    __ATOMIC_RELEASE);
+			}
+			if (op->data)
+				bytes += op->len;
+			free(op->data);
+		}
+		pthread_mutex_lock(&vm->iw_mu);
+		vm->iw_busy = 0;
+		vm->iw_bytes -= bytes;
+		/* what was committed after the batch, with nothing queued,
+		 * is in the images as well */
+		if (vm->iw_n == 0)
+			seq = vm->iw_target;
+		if (!__atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE))
+			__atomic_store_n(&vm->written_seq, seq,
+			    __ATOMIC_RELEASE);
+		if (vm->iw_n == 0)
+			__atomic_store_n(&vm->iw_pending, 0, __ATOMIC_RELEASE);
+		pthread_cond_broadcast(&vm->iw_idle);
+	}
+	pthread_mutex_unlock(&vm->iw_mu);
+	free(q);
+	return NULL;
+}
+
+static int
+iw_start(struct pvm *vm)
+{
+	if (pthread_mutex_init(&vm->iw_mu, NULL) != 0)
+		return -1;
+	if (pthread_cond_init(&vm->iw_work, NULL) != 0 ||
+	    pthread_cond_init(&vm->iw_idle, NULL) != 0 ||
+	    pthread_create(&vm->iw_thread, NULL, iw_main, vm) != 0) {
+		log_warnx("vm %s: cannot start the image writer",
+		    vm->cfg->name);
+		return -1;
+	}
+	vm->iw_started = 1;
+	return 0;
+}
+
+/* Until every queued write is in the images. */
+static void
+iw_drain(struct pvm *vm)
+{
+	if (!vm->iw_started ||
+	    !__atomic_load_n(&vm->iw_pending, __ATOMIC_ACQUIRE))
+		return;
+	pthread_mutex_lock(&vm->iw_mu);
+	while (vm->iw_n > 0 || vm->iw_busy)
+		pthread_cond_wait(&vm->iw_idle, &vm->iw_mu);
+	pthread_mutex_unlock(&vm->iw_mu);
+}
+
+static void
+iw_stop(struct pvm *vm)
+{
+	if (!vm->iw_started)
+		return;
+	pthread_mutex_lock(&vm->iw_mu);
+	vm->iw_stop = 1;
+	pthread_cond_signal(&vm->iw_work);
+	pthread_mutex_unlock(&vm->iw_mu);
+	pthread_join(vm->iw_thread, NULL);	/* it drains the queue first */
+	vm->iw_started = 0;
+	free(vm->iw_q);
+	vm->iw_q = NULL;
+	pthread_cond_destroy(&vm->iw_work);
+	pthread_cond_destroy(&vm->iw_idle);
+	pthread_mutex_destroy(&vm->iw_mu);
+}
+
+/*
+ * Hand a commit's writes OPS[0..N) to the image writer (their data goes
+ * with them; writes the dirty map tracks stay with main); SEQ is the
+ * journal's last committed seq.  Waits while too much is queued.
+ */
+static int
+iw_queue(struct pvm *vm, struct pop *ops, size_t n, uint64_t seq)
+{
+	uint64_t bytes = 0;
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (ops[i].disk != UINT32_MAX && !ops[i].marked)
+			k++;
+	pthread_mutex_lock(&vm->iw_mu);
+	while (k > 0 && vm->iw_bytes > IW_MAX_BYTES)
+		pthread_cond_wait(&vm->iw_idle, &vm->iw_mu);
+	if (vm->iw_n + k > vm->iw_cap) {
+		size_t ncap = vm->iw_cap ? vm->iw_cap : 64;
+		struct pop *q;
+
+		while (ncap < vm->iw_n + k)
+			ncap *= 2;
+		if ((q = realloc(vm->iw_q, ncap * sizeof(*q))) == NULL) {
+			pthread_mutex_unlock(&vm->iw_mu);
+			return -1;
+		}
+		vm->iw_q = q;
+		vm->iw_cap = ncap;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct pop *op = &ops[i];
+
+		if (op->disk == UINT32_MAX || op->marked)
+			continue;
+		vm->iw_q[vm->iw_n] = *op;
+		vm->iw_q[vm->iw_n++].req = NULL;
+		if (op->data)
+			bytes += op->len;
+		op->data = NULL;	/* the writer's now */
+	}
+	vm->iw_bytes += bytes;
+	vm->iw_target = seq;
+	if (vm->iw_n > 0) {
+		__atomic_store_n(&vm->iw_pending, 1, __ATOMIC_RELEASE);
+		pthread_cond_signal(&vm->iw_work);
+	} else if (!vm->iw_busy)
+		__atomic_store_n(&vm->written_seq, seq, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&vm->iw_mu);
 	return 0;
 }
 
@@ -268,7 +438,7 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 	vm->acked_point = journal_get(vm->j, JM_ACKED_POINT);
 	vm->next_point_ms = now_ms() + (int64_t)cfg->interval_ms;
 	vm->ev_commit = event_new(d->base, -1, 0, commit_cb, vm);
-	if (vm->ev_commit == NULL)
+	if (vm->ev_commit == NULL || iw_start(vm) != 0)
 		return -1;
 	for (size_t i = 0; i < d->nlinks; i++)
 		if (strcmp(link_peer(d->links[i])->name,
@@ -285,6 +455,7 @@ vm_close(struct pvm *vm)
 {
 	if (vm->j && vm->nops)
 		vm_commit(vm);
+	iw_stop(vm);
 	if (vm->ev_commit)
 		event_free(vm->ev_commit);
 	for (size_t i = 0; i < MAX_DISKS; i++) {
@@ -378,27 +549,35 @@ errno_of_journal(struct pvm *vm)
 }
 
 /*
- * Commit the open transaction, write its entries to the images, sync if a
- * FLUSH or FUA asked, and complete every waiting request.
+ * Commit the open transaction, hand its entries to the image writer (or,
+ * for writes the dirty map tracks instead, write them to the images), sync
+ * if a FLUSH or FUA asked, and complete every waiting request.
  */
 static void
 vm_commit(struct pvm *vm)
 {
 	size_t n = vm->nops;
-	int err = 0;
+	int err = 0, marked = 0;
 
 	if (journal_commit(vm->j) != 0) {
 		log_warnx("vm %s: journal: %s", vm->cfg->name,
 		    journal_error(vm->j));
 		err = errno_of_journal(vm);
 	}
+	if (!err && __atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE))
+		err = EIO;	/* the images fail: said once, by the writer */
+	if (!err && iw_queue(vm, vm->ops, n, journal_last_seq(vm->j)) != 0)
+		err = ENOMEM;
+	for (size_t i = 0; i < n && !err; i++)
+		marked |= vm->ops[i].marked;
+	if (marked)	/* not journaled: after what the writer has */
+		iw_drain(vm);
 	for (size_t i = 0; i < n && !err; i++) {
 		struct pop *op = &vm->ops[i];
 
-		if (op->disk == UINT32_MAX)
-			continue;	/* a flush */
-		if (op->marked)
-			pend_marks(vm, op->disk, op->off, op->len);
+		if (op->disk == UINT32_MAX || !op->marked)
+			continue;	/* a flush; the writer's */
+		pend_marks(vm, op->disk, op->off, op->len);
 		if (op->data ? pwrite_full(vm->disks[op->disk].fd, op->data,
 		    op->len, op->off) : zero_range(vm->disks[op->disk].fd,
 		    op->off, op->len)) {
@@ -407,9 +586,6 @@ vm_commit(struct pvm *vm)
 			err = EIO;
 		}
 	}
-	if (!err)	/* the shipper reads it (start of an initial copy) */
-		__atomic_store_n(&vm->written_seq, journal_last_seq(vm->j),
-		    __ATOMIC_RELEASE);
 	if (!err && vm->need_sync && vm_journal_sync(vm) != 0) {
 		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 		err = EIO;
@@ -447,6 +623,7 @@ enter_overflow(struct pvm *vm)
 {
 	if (vm->nops)
 		vm_commit(vm);
+	iw_drain(vm);
 	if (img_sync(vm) != 0)
 		return -1;
 	/* durable before any tracked write reaches an image */
@@ -503,8 +680,7 @@ maybe_start_catchup(struct pvm *vm)
 	vm->cu_end = first + vm->nchunks - 1;
 	vm->cu_base = first;
 	pthread_mutex_unlock(&vm->d->mu);
-	__atomic_store_n(&vm->written_seq, journal_last_seq(vm->j),
-	    __ATOMIC_RELEASE);
+	iw_queue(vm, NULL, 0, journal_last_seq(vm->j));
 	vm->cu_wanted = 0;
 	vm->cu_sent = 0;
 	__atomic_store_n(&vm->overflow, 0, __ATOMIC_RELEASE);
@@ -595,6 +771,10 @@ be_read(void *exp, uint64_t off, uint32_t len, void *buf)
 {
 	struct pdisk *pd = exp;
 
+	/* every acknowledged write is in the image before it is read */
+	iw_drain(pd->vm);
+	if (__atomic_load_n(&pd->vm->iw_failed, __ATOMIC_ACQUIRE))
+		return EIO;
 	return pread_full(pd->fd, buf, len, off) ? errno : 0;
 }
 
@@ -614,6 +794,7 @@ be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
 	    all_marked(vm, pd->idx, off, len)) {
 		/* The map already holds these chunks durably committed, and
 		 * no earlier write waits: straight to the image. */
+		iw_drain(vm);
 		if (data ? pwrite_full(pd->fd, data, len, off) :
 		    zero_range(pd->fd, off, len)) {
 			log_warn("vm %s: write %s", vm->cfg->name, pd->export);
@@ -882,7 +1063,7 @@ void
 vm_tick(struct pvm *vm, int64_t now)
 {
 	char err[256];
-	uint64_t upto;
+	uint64_t upto, written;
 
 	if (now >= vm->next_point_ms) {
 		vm->next_point_ms = now + (int64_t)vm->cfg->interval_ms;
@@ -890,15 +1071,16 @@ vm_tick(struct pvm *vm, int64_t now)
 			vm_cut_point(vm, POINT_CRASH, NULL, NULL, err,
 			    sizeof(err));
 	}
-	/* Trim what the DR site holds and the images hold durably. */
-	upto = vm->acked_seq < vm->written_seq ? vm->acked_seq :
-	    vm->written_seq;
+	/* Trim what the DR site holds and the images hold durably (what
+	 * the writer wrote before the sync). */
+	written = __atomic_load_n(&vm->written_seq, __ATOMIC_ACQUIRE);
+	upto = vm->acked_seq < written ? vm->acked_seq : written;
 	if (upto > 0 && journal_first_seq(vm->j) != 0 &&
 	    journal_first_seq(vm->j) <= upto && vm->nops == 0) {
 		if (img_sync(vm) != 0)
 			return;
 		if (journal_begin(vm->j) != 0 ||
-		    journal_set(vm->j, JM_APPLIED, vm->written_seq) != 0 ||
+		    journal_set(vm->j, JM_APPLIED, written) != 0 ||
 		    journal_set(vm->j, JM_ACKED, vm->acked_seq) != 0 ||
 		    journal_set(vm->j, JM_ACKED_POINT, vm->acked_point) != 0 ||
 		    journal_commit(vm->j) != 0 || vm_journal_sync(vm) != 0 ||
