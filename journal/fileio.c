@@ -84,3 +84,25 @@ zero_range(int fd, uint64_t off, uint64_t len)
 	}
 	return 0;
 }
+
+int
+open_direct(const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC | O_DIRECT, 0600);
+
+	if (fd == -1 && errno == EINVAL)
+		fd = open(path, flags | O_CLOEXEC, 0600);
+	return fd;
+}
+
+int
+fsync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r;
+
+	if (fd == -1)
+		return -1;
+	r = fsync(fd);
+	close(fd);
+	return r;
+}

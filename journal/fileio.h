@@ -1,5 +1,6 @@
 /*
- * fileio.h: whole-range reads and writes of disk images, shared by the
+ * fileio.h: whole-range reads and writes of disk images, direct opens and
+ * directory syncs, shared by the
  * primary (images behind the NBD export) and the DR store (replicas).
  * Each returns 0, or -1 with errno set.
  */
@@ -19,5 +20,10 @@ int pread_exact(int fd, void *buf, size_t len, uint64_t off);
 /* Make a range read as zeroes: punch a hole, or write zeroes where the
  * file system cannot. */
 int zero_range(int fd, uint64_t off, uint64_t len);
+/* Open PATH (FLAGS; mode 0600 when created) around the page cache, or
+ * through it where the file system has no O_DIRECT. */
+int open_direct(const char *path, int flags);
+/* fsync a directory: the names in it are durable. */
+int fsync_dir(const char *path);
 
 #endif

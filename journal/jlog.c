@@ -39,30 +39,6 @@ seg_path(const struct jlog *l, uint64_t seg, char *path, size_t len)
 	snprintf(path, len, "%s/%016llx", l->dir, (unsigned long long)seg);
 }
 
-/* Open a segment around the page cache, or through it where the file
- * system has no O_DIRECT. */
-static int
-seg_open(const char *path, int flags)
-{
-	int fd = open(path, flags | O_CLOEXEC | O_DIRECT, 0600);
-
-	if (fd == -1 && errno == EINVAL)
-		fd = open(path, flags | O_CLOEXEC, 0600);
-	return fd;
-}
-
-static int
-sync_dir(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r;
-
-	if (fd == -1)
-		return -1;
-	r = fsync(fd);
-	close(fd);
-	return r;
-}
-
 int
 jlog_open(struct jlog *l, const char *dir, uint64_t head)
 {
@@ -97,7 +73,7 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 		if (head == 0)
 			break;
 	}
-	if (sync_dir(l->dir) != 0 || sync_dir(dir) != 0)
+	if (fsync_dir(l->dir) != 0 || fsync_dir(dir) != 0)
 		return lfail(l, "sync %s: %s", l->dir, strerror(errno));
 	l->low_seg = head / JLOG_SEG;
 	if ((dh = opendir(l->dir)) == NULL)
@@ -150,7 +126,7 @@ wfd(struct jlog *l, uint64_t seg, int direct)
 	}
 	seg_path(l, seg, path, sizeof(path));
 	if (l->wfd < 0) {
-		if ((l->wfd = seg_open(path, O_WRONLY | O_CREAT)) == -1)
+		if ((l->wfd = open_direct(path, O_WRONLY | O_CREAT)) == -1)
 			return lfail(l, "open %s: %s", path, strerror(errno));
 		l->wseg = seg;
 		l->dir_unsynced = 1;
@@ -230,7 +206,7 @@ jlog_sync(struct jlog *l)
 	if (l->wfd >= 0 && fdatasync(l->wfd) == -1)	/* syncs wbfd's too */
 		return lfail(l, "sync %s: %s", l->dir, strerror(errno));
 	if (l->dir_unsynced) {
-		if (sync_dir(l->dir) != 0)
+		if (fsync_dir(l->dir) != 0)
 			return lfail(l, "sync %s: %s", l->dir, strerror(errno));
 		l->dir_unsynced = 0;
 	}
@@ -287,7 +263,7 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 		if (l->rfd >= 0)
 			close(l->rfd);
 		seg_path(l, seg, path, sizeof(path));
-		if ((l->rfd = seg_open(path, O_RDONLY)) == -1)
+		if ((l->rfd = open_direct(path, O_RDONLY)) == -1)
 			return rfail(l, "open %s: %s", path, strerror(errno));
 		l->rseg = seg;
 	}

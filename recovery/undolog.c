@@ -44,18 +44,6 @@ seg_path(struct store *s, uint64_t seg, char *path, size_t len)
 	return n < 0 || (size_t)n >= len ? -1 : 0;
 }
 
-static int
-sync_dir(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r;
-
-	if (fd == -1)
-		return -1;
-	r = fsync(fd);
-	close(fd);
-	return r;
-}
-
 /* The segment of SEG open for writing (created if need be). */
 static int
 seg_wfd(struct store *s, uint64_t seg)
@@ -73,15 +61,12 @@ seg_wfd(struct store *s, uint64_t seg)
 	}
 	if (seg_path(s, seg, path, sizeof(path)) != 0)
 		return sfail(s, "undo: path too long");
-	s->ul_wfd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_DIRECT,
-	    0600);
-	if (s->ul_wfd == -1 && errno == EINVAL)	/* no O_DIRECT here */
-		s->ul_wfd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	s->ul_wfd = open_direct(path, O_WRONLY | O_CREAT);
 	if (s->ul_wfd == -1)
 		return sfail(s, "undo: open %s: %s", path, strerror(errno));
 	s->ul_wseg = seg;
 	/* the segment's name is as durable as what it holds */
-	if (sync_dir(s->ul_dir) != 0)
+	if (fsync_dir(s->ul_dir) != 0)
 		return sfail(s, "undo: sync %s: %s", s->ul_dir,
 		    strerror(errno));
 	return s->ul_wfd;
