@@ -1,7 +1,7 @@
 /*
  * fileio.h: whole-range reads and writes of disk images, direct opens and
- * directory syncs, shared by the
- * primary (images behind the NBD export) and the DR store (replicas).
+ * directory syncs, shared by the primary (images behind the NBD export,
+ * the journal's data log) and the DR store (replicas, the undo log).
  * Each returns 0, or -1 with errno set.
  */
 #ifndef REPLICAD_FILEIO_H
