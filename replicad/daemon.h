@@ -125,10 +125,15 @@ struct pvm {
 	 * entries to the images while the main thread goes on with the next
 	 * requests.  Main queues each commit's writes (handing over their
 	 * data) and waits for the queue to drain before it reads or writes
-	 * an image itself.  Under iw_mu.
+	 * an image itself; main reads written_seq plainly only after such a
+	 * wait.  iw_q .. iw_stop are under iw_mu; iw_started is main's.
+	 * Once an image write fails, written_seq stays where it was (a
+	 * restart replays the journal from there) and the VM's reads and
+	 * writes fail.
 	 */
 	pthread_t iw_thread;
 	int iw_started;
+	int replay_failed;	/* vm_open: an entry could not be replayed */
 	pthread_mutex_t iw_mu;
 	pthread_cond_t iw_work, iw_idle;
 	struct pop *iw_q;

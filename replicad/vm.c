@@ -112,17 +112,32 @@ iw_main(void *arg)
 static int
 iw_start(struct pvm *vm)
 {
-	if (pthread_mutex_init(&vm->iw_mu, NULL) != 0)
-		return -1;
-	if (pthread_cond_init(&vm->iw_work, NULL) != 0 ||
-	    pthread_cond_init(&vm->iw_idle, NULL) != 0 ||
+	int mu, work = -1, idle = -1;
+
+	if ((mu = pthread_mutex_init(&vm->iw_mu, NULL)) != 0 ||
+	    (work = pthread_cond_init(&vm->iw_work, NULL)) != 0 ||
+	    (idle = pthread_cond_init(&vm->iw_idle, NULL)) != 0 ||
 	    pthread_create(&vm->iw_thread, NULL, iw_main, vm) != 0) {
+		if (idle == 0)
+			pthread_cond_destroy(&vm->iw_idle);
+		if (work == 0)
+			pthread_cond_destroy(&vm->iw_work);
+		if (mu == 0)
+			pthread_mutex_destroy(&vm->iw_mu);
 		log_warnx("vm %s: cannot start the image writer",
 		    vm->cfg->name);
 		return -1;
 	}
 	vm->iw_started = 1;
 	return 0;
+}
+
+/* An image write failed: what main writes to the images itself must not
+ * land where the journal would later lay older data over it. */
+static int
+iw_broken(struct pvm *vm)
+{
+	return __atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE);
 }
 
 /* Until every queued write is in the images. */
@@ -180,7 +195,13 @@ iw_queue(struct pvm *vm, struct pop *ops, size_t n, uint64_t seq)
 		while (ncap < vm->iw_n + k)
 			ncap *= 2;
 		if ((q = realloc(vm->iw_q, ncap * sizeof(*q))) == NULL) {
+			/* journaled, not in the images: written_seq stops
+			 * here, and a restart replays them */
+			__atomic_store_n(&vm->iw_failed, 1, __ATOMIC_RELEASE);
 			pthread_mutex_unlock(&vm->iw_mu);
+			log_warnx("vm %s: out of memory for the image writer "
+			    "(a restart writes the journal to the images)",
+			    vm->cfg->name);
 			return -1;
 		}
 		vm->iw_q = q;
@@ -202,7 +223,8 @@ iw_queue(struct pvm *vm, struct pop *ops, size_t n, uint64_t seq)
 	if (vm->iw_n > 0) {
 		__atomic_store_n(&vm->iw_pending, 1, __ATOMIC_RELEASE);
 		pthread_cond_signal(&vm->iw_work);
-	} else if (!vm->iw_busy)
+	} else if (!vm->iw_busy &&
+	    !__atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE))
 		__atomic_store_n(&vm->written_seq, seq, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&vm->iw_mu);
 	return 0;
@@ -224,8 +246,13 @@ replay_one(const struct jentry *e, void *arg)
 	}
 	pd = &vm->disks[e->disk];
 	if (e->type == JE_WRITE ? pwrite_full(pd->fd, e->data, e->length,
-	    e->offset) : zero_range(pd->fd, e->offset, e->length))
-		log_warn("%s: %s", __func__, pd->export);
+	    e->offset) : zero_range(pd->fd, e->offset, e->length)) {
+		/* acknowledged writes: the VM does not start without them */
+		log_warn("vm %s: replaying entry %llu into %s", vm->cfg->name,
+		    (unsigned long long)e->seq, pd->export);
+		vm->replay_failed = 1;
+		return 1;
+	}
 	return 0;
 }
 
@@ -391,6 +418,8 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 			    journal_error(vm->j));
 			return -1;
 		}
+		if (vm->replay_failed)
+			return -1;
 		if (img_sync(vm) != 0)
 			return -1;
 	}
@@ -564,7 +593,7 @@ vm_commit(struct pvm *vm)
 		    journal_error(vm->j));
 		err = errno_of_journal(vm);
 	}
-	if (!err && __atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE))
+	if (!err && iw_broken(vm))
 		err = EIO;	/* the images fail: said once, by the writer */
 	if (!err && iw_queue(vm, vm->ops, n, journal_last_seq(vm->j)) != 0)
 		err = ENOMEM;
@@ -624,7 +653,7 @@ enter_overflow(struct pvm *vm)
 	if (vm->nops)
 		vm_commit(vm);
 	iw_drain(vm);
-	if (img_sync(vm) != 0)
+	if (iw_broken(vm) || img_sync(vm) != 0)
 		return -1;
 	/* durable before any tracked write reaches an image */
 	if (journal_begin(vm->j) != 0 ||
@@ -653,7 +682,7 @@ maybe_start_catchup(struct pvm *vm)
 	uint64_t first;
 
 	if (!vm->overflow || !vm->cu_wanted ||
-	    journal_bytes(vm->j) > vm->quota / 2)
+	    journal_bytes(vm->j) > vm->quota / 2 || iw_broken(vm))
 		return;
 	if (vm->nops)
 		vm_commit(vm);
@@ -795,8 +824,8 @@ be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
 		/* The map already holds these chunks durably committed, and
 		 * no earlier write waits: straight to the image. */
 		iw_drain(vm);
-		if (data ? pwrite_full(pd->fd, data, len, off) :
-		    zero_range(pd->fd, off, len)) {
+		if (iw_broken(vm) || (data ? pwrite_full(pd->fd, data, len,
+		    off) : zero_range(pd->fd, off, len))) {
 			log_warn("vm %s: write %s", vm->cfg->name, pd->export);
 			nbd_complete(req, EIO);
 			return;
@@ -1147,6 +1176,8 @@ vm_status_json(struct pvm *vm, int64_t now)
 	if ((vm->overflow || (vm->cu_base && !vm->cu_sent) || vm->paused) &&
 	    strcmp(health, "normal") == 0)
 		health = "warning";
+	if (iw_broken(vm))	/* the images fail: restart to replay */
+		health = "critical";
 	o = json_pack("{s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:s,s:s,s:I,s:I,s:I}",
 	    "name", vm->cfg->name, "role", "primary", "state",
 	    vm->paused ? "paused" : vm->overflow ? "journal-full" : vm->cu_base && !vm->cu_sent &&
