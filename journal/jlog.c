@@ -23,20 +23,33 @@ lfail(struct jlog *l, const char *fmt, ...)
 	return -1;
 }
 
-#define slot_len jlog_space
-
 int
 jlog_takes(uint32_t len)
 {
-	/* what fits a leaf node stays there: no slot, no read */
-	return len > JLOG_SLOT / 4 && slot_len(len) <= JLOG_STAGE &&
-	    slot_len(len) <= JLOG_WINDOW;
+	/* what fits a leaf node stays there: no slot, no read; the rest
+	 * fits a reader's window (and so the stage) */
+	return len > JLOG_SLOT / 4 && jlog_space(len) <= JLOG_WINDOW;
 }
 
 static void
 seg_path(const struct jlog *l, uint64_t seg, char *path, size_t len)
 {
 	snprintf(path, len, "%s/%016llx", l->dir, (unsigned long long)seg);
+}
+
+/* fdatasync segment SEG if it exists. */
+static int
+sync_seg(struct jlog *l, uint64_t seg)
+{
+	char path[sizeof(l->dir) + 20];
+	int fd, r;
+
+	seg_path(l, seg, path, sizeof(path));
+	if ((fd = open(path, O_WRONLY | O_CLOEXEC)) == -1)
+		return 0;
+	r = fdatasync(fd);
+	close(fd);
+	return r == 0 ? 0 : lfail(l, "sync %s: %s", path, strerror(errno));
 }
 
 int
@@ -57,22 +70,10 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 		    "journal)", l->dir, (unsigned long long)head);
 	l->head = l->committed = l->ring_base = l->high = head;
 	/* an earlier run's last writes may be unsynced (a kill -9): they
-	 * are made durable before LMDB's entries that point at them */
-	for (uint64_t at = head > 0 ? head - 1 : 0; at <= head; at++) {
-		char path[sizeof(l->dir) + 20];
-		int fd;
-
-		seg_path(l, at / JLOG_SEG, path, sizeof(path));
-		if ((fd = open(path, O_WRONLY | O_CLOEXEC)) >= 0) {
-			n = fdatasync(fd);
-			close(fd);
-			if (n == -1)
-				return lfail(l, "sync %s: %s", path,
-				    strerror(errno));
-		}
-		if (head == 0)
-			break;
-	}
+	 * are made durable before LMDB's entries that point at them (the
+	 * writer syncs a segment before it moves to the next one) */
+	if (head > 0 && sync_seg(l, (head - 1) / JLOG_SEG) != 0)
+		return -1;
 	if (fsync_dir(l->dir) != 0 || fsync_dir(dir) != 0)
 		return lfail(l, "sync %s: %s", l->dir, strerror(errno));
 	l->low_seg = head / JLOG_SEG;
@@ -158,8 +159,7 @@ jlog_flush(struct jlog *l)
 int
 jlog_append(struct jlog *l, const void *data, uint32_t len, uint64_t *at)
 {
-	uint64_t slot = slot_len(len);
-
+	uint64_t slot = jlog_space(len);
 	uint8_t *p;
 
 	/* a slot never spans the ring's end, nor so a segment's */
@@ -234,8 +234,8 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 	ssize_t got;
 
 	/* checked before anything is computed from it */
-	if (len == 0 || at % JLOG_SLOT || slot_len(len) > JLOG_WINDOW ||
-	    at % JLOG_RING + slot_len(len) > JLOG_RING || at > top ||
+	if (len == 0 || at % JLOG_SLOT || jlog_space(len) > JLOG_WINDOW ||
+	    at % JLOG_RING + jlog_space(len) > JLOG_RING || at > top ||
 	    top - at < len)
 		return rfail(l, "data at %llu+%u: not a slot below the log's "
 		    "head %llu (corrupted journal)", (unsigned long long)at,
@@ -274,8 +274,8 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 		want = JLOG_WINDOW;
 	if (want > JLOG_SEG - at % JLOG_SEG)
 		want = JLOG_SEG - at % JLOG_SEG;
-	if (want < slot_len(len))
-		want = slot_len(len);
+	if (want < jlog_space(len))
+		want = jlog_space(len);
 	do
 		got = pread(l->rfd, l->win, want, (off_t)(at % JLOG_SEG));
 	while (got < 0 && errno == EINTR);
