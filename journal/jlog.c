@@ -12,16 +12,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* An error into BUF (the writer's l->err or the reader's l->rerr: the
+ * writer may fail while the reader does); returns -1. */
 static int
-lfail(struct jlog *l, const char *fmt, ...)
+fail_in(char *buf, size_t len, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(l->err, sizeof(l->err), fmt, ap);
+	vsnprintf(buf, len, fmt, ap);
 	va_end(ap);
 	return -1;
 }
+
+#define lfail(l, ...)	fail_in((l)->err, sizeof((l)->err), __VA_ARGS__)
+#define rfail(l, ...)	fail_in((l)->rerr, sizeof((l)->rerr), __VA_ARGS__)
 
 int
 jlog_takes(uint32_t len)
@@ -211,18 +216,6 @@ jlog_sync(struct jlog *l)
 		l->dir_unsynced = 0;
 	}
 	return 0;
-}
-
-/* The reader's errors: its own buffer, the writer may fail meanwhile. */
-static int
-rfail(struct jlog *l, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(l->rerr, sizeof(l->rerr), fmt, ap);
-	va_end(ap);
-	return -1;
 }
 
 int

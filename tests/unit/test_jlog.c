@@ -1,0 +1,365 @@
+/*
+ * test_jlog.c: the journal's data log (jlog.h), through the journal's API:
+ * where the data lands, aborted slots, segments and their removal, failed
+ * and corrupted reads, lost data.  Real LMDB and real segment files in a
+ * mkdtemp directory.
+ */
+#include "journal_fx.h"
+
+/* The journal's LMDB "log" table, opened behind its back (the journal is
+ * closed), in a transaction of FLAGS. */
+static MDB_env *
+log_table(struct fx *f, unsigned flags, MDB_txn **txn, MDB_dbi *dbi)
+{
+	MDB_env *env;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+	assert_int_equal(mdb_env_open(env, f->jdir, flags, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, flags, txn), 0);
+	assert_int_equal(mdb_dbi_open(*txn, "log", 0, dbi), 0);
+	return env;
+}
+
+/* ------------------------------------------------------------------ */
+/* the data log: write data over a quarter page lies in segment files
+ * (DIR/data), LMDB holds small index records */
+
+static uint64_t
+dir_bytes(const char *dir, int *nfiles)
+{
+	char path[300];
+	struct stat st;
+	uint64_t total = 0;
+
+	*nfiles = 0;
+	for (uint64_t seg = 0; seg < 64; seg++) {
+		snprintf(path, sizeof(path), "%s/data/%016llx", dir,
+		    (unsigned long long)seg);
+		if (stat(path, &st) == 0) {
+			total += (uint64_t)st.st_size;
+			(*nfiles)++;
+		}
+	}
+	return total;
+}
+
+static void
+test_data_log(void **state)
+{
+	struct fx *f = *state;
+	char path[200];
+	struct stat st;
+	uint8_t *b = pattern(4096, 77), *small = pattern(1024, 78);
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_stat ms;
+	const uint64_t n = 1000;
+	int nfiles;
+
+	for (uint64_t c = 0; c < n / 50; c++) {
+		assert_int_equal(journal_begin(f->j), 0);
+		for (int i = 0; i < 50; i++) {
+			b[0] = (uint8_t)i;
+			b[4095] = (uint8_t)c;
+			append1(f->j, 0, (c * 50 + (uint64_t)i) * 4096, 4096,
+			    b);
+		}
+		assert_int_equal(journal_commit(f->j), 0);
+	}
+	/* a quarter page: in an LMDB leaf, no slot */
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 1, 0, 1024, small);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_bytes(f->j), n * 4096 + 1024);
+	journal_close(f->j);
+	f->j = NULL;
+
+	/* one slot per 4 KiB write in the log, and LMDB holds no data */
+	assert_int_equal(dir_bytes(f->jdir, &nfiles), n * 4096);
+	assert_int_equal(nfiles, 1);
+	snprintf(path, sizeof(path), "%s/data.mdb", f->jdir);
+	assert_int_equal(stat(path, &st), 0);
+	if ((uint64_t)st.st_size >= n * 4096 / 8)
+		fail_msg("data.mdb is %lld bytes for %llu 4 KiB writes: data "
+		    "in LMDB", (long long)st.st_size, (unsigned long long)n);
+	env = log_table(f, MDB_RDONLY, &txn, &dbi);
+	assert_int_equal(mdb_stat(txn, dbi, &ms), 0);
+	assert_int_equal(ms.ms_entries, n + 1);
+	assert_int_equal(ms.ms_overflow_pages, 0);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+
+	f->j = jopen(f);
+	{
+		struct recs *rs = read_all(f->j, 0);
+
+		assert_int_equal(rs->n, n + 1);
+		for (uint64_t i = 0; i < n; i++) {
+			b[0] = (uint8_t)(i % 50);
+			b[4095] = (uint8_t)(i / 50);
+			assert_int_equal(rs->r[i].length, 4096);
+			assert_memory_equal(rs->r[i].data, b, 4096);
+		}
+		assert_int_equal(rs->r[n].length, 1024);
+		assert_memory_equal(rs->r[n].data, small, 1024);
+		recs_free(rs);
+	}
+	free(b);
+	free(small);
+}
+
+/* An aborted transaction's slots are written over, and what reads them
+ * then gets the new data. */
+static void
+test_data_log_abort(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *a = pattern(65536, 1), *b = pattern(65536, 2);
+	struct recs *rs;
+
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 0, 65536, a);
+	assert_int_equal(journal_commit(f->j), 0);
+	rs = read_all(f->j, 0);	/* the reader's window holds slot 0.. */
+	recs_free(rs);
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 65536, 65536, a);
+	journal_abort(f->j);
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 131072, 65536, b);
+	assert_int_equal(journal_commit(f->j), 0);
+	rs = read_all(f->j, 0);
+	assert_int_equal(rs->n, 2);
+	assert_memory_equal(rs->r[0].data, a, 65536);
+	assert_int_equal(rs->r[1].offset, 131072);
+	assert_memory_equal(rs->r[1].data, b, 65536);
+	recs_free(rs);
+	reopen(f);
+	rs = read_all(f->j, 0);
+	assert_int_equal(rs->n, 2);
+	assert_memory_equal(rs->r[1].data, b, 65536);
+	recs_free(rs);
+	free(a);
+	free(b);
+}
+
+struct vctx {
+	uint64_t n;
+	uint64_t bad;
+};
+
+static int
+verify_cb(const struct jentry *e, void *arg)
+{
+	struct vctx *v = arg;
+	uint64_t want[2] = { e->seq, e->offset };
+
+	if (e->type == JE_WRITE && (e->length != 65536 ||
+	    memcmp(e->data, want, sizeof(want)) != 0 ||
+	    e->data[65535] != (uint8_t)e->seq))
+		v->bad++;
+	v->n++;
+	return 0;
+}
+
+/* Entries over several segments read back; a trim removes the segments
+ * nothing points into any more, and the rest still reads after a
+ * reopen. */
+static void
+test_data_log_segments(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = calloc(1, 65536);
+	const uint64_t n = 2200;	/* 137.5 MiB: three segments */
+	struct vctx v = { 0, 0 };
+	int nfiles;
+
+	assert_non_null(b);
+	for (uint64_t i = 0; i < n; i += 100) {
+		assert_int_equal(journal_begin(f->j), 0);
+		for (uint64_t k = i; k < i + 100; k++) {
+			uint64_t hdr[2] = { k + 1, k * 65536 };
+
+			memcpy(b, hdr, sizeof(hdr));
+			b[65535] = (uint8_t)(k + 1);
+			append1(f->j, 0, k * 65536, 65536, b);
+		}
+		assert_int_equal(journal_commit(f->j), 0);
+	}
+	assert_int_equal(journal_sync(f->j), 0);
+	dir_bytes(f->jdir, &nfiles);
+	assert_int_equal(nfiles, 3);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
+	    (int)n);
+	assert_int_equal(v.bad, 0);
+
+	/* the first 1100 entries (68.75 MiB) hold segment 0 and part of 1 */
+	assert_int_equal(journal_trim(f->j, 1100), 1100);
+	dir_bytes(f->jdir, &nfiles);
+	assert_int_equal(nfiles, 2);
+	reopen(f);
+	v.n = v.bad = 0;
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
+	    (int)(n - 1100));
+	assert_int_equal(v.bad, 0);
+	/* everything: only the head's segment stays */
+	assert_int_equal(journal_trim(f->j, n), (int)(n - 1100));
+	dir_bytes(f->jdir, &nfiles);
+	assert_int_equal(nfiles, 1);
+	/* and the log goes on from its head, not over old slots */
+	assert_int_equal(journal_begin(f->j), 0);
+	{
+		uint64_t hdr[2] = { n + 1, 0 };
+
+		memcpy(b, hdr, sizeof(hdr));
+		b[65535] = (uint8_t)(n + 1);
+		append1(f->j, 0, 0, 65536, b);
+	}
+	assert_int_equal(journal_commit(f->j), 0);
+	reopen(f);
+	v.n = v.bad = 0;
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v), 1);
+	assert_int_equal(v.bad, 0);
+	free(b);
+}
+
+static int
+first_cb(const struct jentry *e, void *arg)
+{
+	struct vctx *v = arg;
+
+	verify_cb(e, v);
+	return 1;	/* one entry */
+}
+
+/* A read that fails (its segment cannot be opened) leaves nothing behind
+ * that a later read could take for data. */
+static void
+test_data_log_failed_read(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = calloc(1, 65536);
+	struct vctx v = { 0, 0 };
+	char path[300], away[310];
+
+	assert_non_null(b);
+	/* 106 MiB: segments 0 and 1, the ring holds the last 32 MiB */
+	for (uint64_t k = 0; k < 1700; k++) {
+		uint64_t hdr[2] = { k + 1, k * 65536 };
+
+		if (k % 100 == 0)
+			assert_int_equal(journal_begin(f->j), 0);
+		memcpy(b, hdr, sizeof(hdr));
+		b[65535] = (uint8_t)(k + 1);
+		append1(f->j, 0, k * 65536, 65536, b);
+		if (k % 100 == 99)
+			assert_int_equal(journal_commit(f->j), 0);
+	}
+	/* seq 1 from segment 0's file */
+	assert_int_equal(journal_read(f->j, 1, 1, first_cb, &v), 1);
+	assert_int_equal(v.bad, 0);
+	snprintf(path, sizeof(path), "%s/data/%016llx", f->jdir, 1ull);
+	snprintf(away, sizeof(away), "%s.away", path);
+	assert_int_equal(rename(path, away), 0);
+	assert_int_equal(journal_read(f->j, 1025, 1, first_cb, &v), -1);
+	assert_non_null(strstr(journal_error(f->j), "No such file"));
+	assert_int_equal(rename(away, path), 0);
+	v.n = v.bad = 0;
+	assert_int_equal(journal_read(f->j, 1, 1, first_cb, &v), 1);
+	assert_int_equal(journal_read(f->j, 1025, 1, first_cb, &v), 1);
+	assert_int_equal(v.n, 2);
+	assert_int_equal(v.bad, 0);
+	free(b);
+}
+
+/* A record whose offset is not a slot below the log's head (a corrupted
+ * journal) is an error, not a read outside the buffers. */
+static void
+test_data_log_bad_ref(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = pattern(8192, 9), bad[8] = { 0xff, 0xff, 0xff, 0xff,
+	    0xff, 0xff, 0xf0, 0x00 };
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_dbi dbi;
+	MDB_val k, d = { sizeof(bad), bad };
+	struct recs *rs = recs_new();
+
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 0, 8192, b);
+	assert_int_equal(journal_commit(f->j), 0);
+	journal_close(f->j);
+	env = log_table(f, 0, &txn, &dbi);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &c), 0);
+	assert_int_equal(mdb_cursor_get(c, &k, &d, MDB_FIRST), 0);
+	d.mv_size = sizeof(bad);
+	d.mv_data = bad;
+	assert_int_equal(mdb_cursor_put(c, &k, &d, MDB_CURRENT), 0);
+	mdb_cursor_close(c);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	f->j = jopen(f);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, collect, rs), -1);
+	assert_non_null(strstr(journal_error(f->j), "corrupted journal"));
+	assert_int_equal(rs->n, 0);
+	recs_free(rs);
+	free(b);
+}
+
+/* Data the log lost (a segment cut short or gone) is an error naming
+ * the cause, never zeroes. */
+static void
+test_data_log_lost(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = pattern(65536, 5);
+	char path[300];
+	struct recs *rs = recs_new();
+
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 0, 65536, b);
+	append1(f->j, 0, 65536, 65536, b);
+	assert_int_equal(journal_commit(f->j), 0);
+	journal_close(f->j);
+	snprintf(path, sizeof(path), "%s/data/%016llx", f->jdir, 0ull);
+	assert_int_equal(truncate(path, 65536 + 4096), 0);
+	f->j = jopen(f);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, collect, rs), -1);
+	assert_non_null(strstr(journal_error(f->j), "short (the log lost "
+	    "data)"));
+	assert_int_equal(rs->n, 1);
+	recs_free(rs);
+	journal_close(f->j);
+	assert_int_equal(unlink(path), 0);
+	f->j = jopen(f);
+	rs = recs_new();
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, collect, rs), -1);
+	assert_non_null(strstr(journal_error(f->j), "No such file"));
+	recs_free(rs);
+	free(b);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_data_log, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_abort, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_segments, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_failed_read,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_bad_ref, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_lost, setup,
+		    teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
