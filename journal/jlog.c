@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -66,6 +67,11 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 
 	l->wfd = l->wbfd = l->rfd = -1;
 	l->wseg = l->rseg = UINT64_MAX;
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_cond_init(&l->work, NULL);
+	pthread_cond_init(&l->done, NULL);
+	if ((l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1)
+		return lfail(l, "eventfd: %s", strerror(errno));
 	if (n < 0 || (size_t)n >= sizeof(l->dir) - 20)
 		return lfail(l, "%s: path too long", dir);
 	if (mkdir(l->dir, 0700) == -1 && errno != EEXIST)
@@ -102,6 +108,20 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 void
 jlog_close(struct jlog *l)
 {
+	if (l->thr_on) {
+		pthread_mutex_lock(&l->mu);
+		l->stop = 1;
+		pthread_cond_signal(&l->work);
+		pthread_mutex_unlock(&l->mu);
+		pthread_join(l->thr, NULL);
+		l->thr_on = 0;
+	}
+	pthread_cond_destroy(&l->done);
+	pthread_cond_destroy(&l->work);
+	pthread_mutex_destroy(&l->mu);
+	if (l->efd >= 0)
+		close(l->efd);
+	l->efd = -1;
 	if (l->wfd >= 0)
 		close(l->wfd);
 	if (l->wbfd >= 0)
@@ -115,16 +135,18 @@ jlog_close(struct jlog *l)
 }
 
 /* The writer's segment SEG (around the page cache if DIRECT), created if
- * need be.  What went to the one before is synced first, so that
- * jlog_sync has one file to sync. */
+ * need be; errors go to EB (the caller's or the thread's).  What went to
+ * the one before is synced first, so that jlog_sync has one file to
+ * sync. */
 static int
-wfd(struct jlog *l, uint64_t seg, int direct)
+wfd(struct jlog *l, uint64_t seg, int direct, char *eb, size_t el)
 {
 	char path[sizeof(l->dir) + 20];
 
 	if (l->wseg != seg && l->wfd >= 0) {
 		if (fdatasync(l->wfd) == -1)
-			return lfail(l, "sync %s: %s", l->dir, strerror(errno));
+			return fail_in(eb, el, "sync %s: %s", l->dir,
+			    strerror(errno));
 		close(l->wfd);
 		if (l->wbfd >= 0)
 			close(l->wbfd);
@@ -133,32 +155,143 @@ wfd(struct jlog *l, uint64_t seg, int direct)
 	seg_path(l, seg, path, sizeof(path));
 	if (l->wfd < 0) {
 		if ((l->wfd = open_direct(path, O_WRONLY | O_CREAT)) == -1)
-			return lfail(l, "open %s: %s", path, strerror(errno));
+			return fail_in(eb, el, "open %s: %s", path,
+			    strerror(errno));
 		l->wseg = seg;
 		l->dir_unsynced = 1;
 	}
 	if (!direct && l->wbfd < 0 && (l->wbfd = open(path, O_WRONLY |
 	    O_CLOEXEC)) == -1)
-		return lfail(l, "open %s: %s", path, strerror(errno));
+		return fail_in(eb, el, "open %s: %s", path, strerror(errno));
 	return direct ? l->wfd : l->wbfd;
+}
+
+/* Write the run LEN bytes at AT from the ring. */
+static int
+write_run(struct jlog *l, uint64_t at, size_t len, char *eb, size_t el)
+{
+	int fd;
+
+	if ((fd = wfd(l, at / JLOG_SEG, len >= JLOG_DIRECT, eb, el)) < 0)
+		return -1;
+	if (pwrite_full(fd, l->ring + at % JLOG_RING, len,
+	    at % JLOG_SEG) != 0)
+		return fail_in(eb, el, "write %s/%016llx: %s", l->dir,
+		    (unsigned long long)(at / JLOG_SEG), strerror(errno));
+	return 0;
+}
+
+static void *
+run_writer(void *arg)
+{
+	struct jlog *l = arg;
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&l->mu);
+	for (;;) {
+		struct jlog_run r;
+		int bad;
+
+		while (l->q_n == 0 && !l->stop)
+			pthread_cond_wait(&l->work, &l->mu);
+		if (l->q_n == 0)
+			break;
+		r = l->q[l->q_first];
+		bad = l->failed;
+		pthread_mutex_unlock(&l->mu);
+		/* after a failure the rest are dropped: the transaction
+		 * they belong to cannot commit */
+		if (!bad && write_run(l, r.at, r.len, l->terr,
+		    sizeof(l->terr)) != 0)
+			bad = 1;
+		pthread_mutex_lock(&l->mu);
+		l->failed |= bad;
+		l->q_first = (l->q_first + 1) % JLOG_RUNS;
+		if (--l->q_n == 0 && write(l->efd, &one, sizeof(one)) < 0) {
+			/* the counter is full: the reader is behind anyway */
+		}
+		pthread_cond_broadcast(&l->done);
+	}
+	pthread_mutex_unlock(&l->mu);
+	return NULL;
+}
+
+/* Hand what is staged to the thread. */
+static int
+submit(struct jlog *l)
+{
+	if (l->st_len == 0)
+		return 0;
+	if (!l->thr_on) {
+		if (pthread_create(&l->thr, NULL, run_writer, l) != 0)
+			return lfail(l, "cannot start the log's writer");
+		l->thr_on = 1;
+	}
+	pthread_mutex_lock(&l->mu);
+	while (l->q_n == JLOG_RUNS)
+		pthread_cond_wait(&l->done, &l->mu);
+	l->q[(l->q_first + l->q_n) % JLOG_RUNS] =
+	    (struct jlog_run){ l->st_at, l->st_len };
+	l->q_n++;
+	pthread_cond_signal(&l->work);
+	pthread_mutex_unlock(&l->mu);
+	l->st_len = 0;
+	return 0;
+}
+
+/* Wait until the thread is idle; -1 with its error if a run failed (the
+ * error stays until jlog_rewind). */
+static int
+wait_idle(struct jlog *l)
+{
+	int bad;
+
+	pthread_mutex_lock(&l->mu);
+	while (l->q_n > 0)
+		pthread_cond_wait(&l->done, &l->mu);
+	bad = l->failed;
+	pthread_mutex_unlock(&l->mu);
+	if (bad)
+		return lfail(l, "%s", l->terr);
+	return 0;
+}
+
+/* Wait until no queued run lies below offset BELOW: the ring may then be
+ * written over up to BELOW + JLOG_RING. */
+static void
+wait_below(struct jlog *l, uint64_t below)
+{
+	pthread_mutex_lock(&l->mu);
+	while (l->q_n > 0 && l->q[l->q_first].at < below)
+		pthread_cond_wait(&l->done, &l->mu);
+	pthread_mutex_unlock(&l->mu);
+}
+
+int
+jlog_busy(struct jlog *l)
+{
+	int n;
+
+	pthread_mutex_lock(&l->mu);
+	n = l->q_n > 0;
+	pthread_mutex_unlock(&l->mu);
+	return n;
 }
 
 int
 jlog_flush(struct jlog *l)
 {
-	int fd;
-
-	if (l->st_len == 0)
+	/* a small run, with the thread idle, costs less written here */
+	if (l->st_len > 0 && l->st_len < JLOG_DIRECT && !jlog_busy(l)) {
+		if (write_run(l, l->st_at, l->st_len, l->err,
+		    sizeof(l->err)) != 0)
+			return -1;
+		l->st_len = 0;
 		return 0;
-	if ((fd = wfd(l, l->st_at / JLOG_SEG, l->st_len >= JLOG_DIRECT)) < 0)
+	}
+	if (submit(l) != 0)
 		return -1;
-	if (pwrite_full(fd, l->ring + l->st_at % JLOG_RING, l->st_len,
-	    l->st_at % JLOG_SEG) != 0)
-		return lfail(l, "write %s/%016llx: %s", l->dir,
-		    (unsigned long long)(l->st_at / JLOG_SEG),
-		    strerror(errno));
-	l->st_len = 0;
-	return 0;
+	return wait_idle(l);
 }
 
 int
@@ -173,10 +306,13 @@ jlog_append(struct jlog *l, const void *data, uint32_t len, uint64_t *at)
 	/* what is staged is one run in the ring and in one segment */
 	if (l->st_len > 0 && (l->st_len + slot > JLOG_STAGE ||
 	    l->head / JLOG_RING != l->st_at / JLOG_RING ||
-	    l->head != l->st_at + l->st_len) && jlog_flush(l) != 0)
+	    l->head != l->st_at + l->st_len) && submit(l) != 0)
 		return -1;
 	if (l->st_len == 0)
 		l->st_at = l->head;
+	/* the ring there holds data a queued run may still write */
+	if (l->head + slot > JLOG_RING)
+		wait_below(l, l->head + slot - JLOG_RING);
 	/* readers learn that the ring is written up to here before it is */
 	if (l->head + slot > l->high) {
 		__atomic_store_n(&l->high, l->head + slot, __ATOMIC_RELAXED);
@@ -188,6 +324,9 @@ jlog_append(struct jlog *l, const void *data, uint32_t len, uint64_t *at)
 	l->st_len += slot;
 	*at = l->head;
 	l->head += slot;
+	/* a large run goes now, while the caller takes the next requests */
+	if (l->st_len >= JLOG_DIRECT)
+		return submit(l);
 	return 0;
 }
 
@@ -200,7 +339,13 @@ jlog_committed(struct jlog *l)
 void
 jlog_rewind(struct jlog *l)
 {
-	/* slots written for the transaction are written over next time */
+	/* the thread is done with the ring before it is written over; slots
+	 * written for the transaction are written over next time */
+	pthread_mutex_lock(&l->mu);
+	while (l->q_n > 0)
+		pthread_cond_wait(&l->done, &l->mu);
+	l->failed = 0;
+	pthread_mutex_unlock(&l->mu);
 	l->st_len = 0;
 	l->head = l->committed;
 }
@@ -208,6 +353,9 @@ jlog_rewind(struct jlog *l)
 int
 jlog_sync(struct jlog *l)
 {
+	/* the files are the thread's while it has runs; what they belong to
+	 * (an open transaction) reports their errors, at its commit */
+	wait_idle(l);
 	if (l->wfd >= 0 && fdatasync(l->wfd) == -1)	/* syncs wbfd's too */
 		return lfail(l, "sync %s: %s", l->dir, strerror(errno));
 	if (l->dir_unsynced) {
@@ -292,6 +440,7 @@ jlog_release(struct jlog *l, uint64_t below)
 	char path[sizeof(l->dir) + 20];
 	uint64_t end;
 
+	wait_idle(l);	/* the thread moves wseg */
 	/* nothing at or past the head is released (a corrupted offset) */
 	if (below > l->committed)
 		below = l->committed;

@@ -7,13 +7,20 @@
  * and a slot is never written twice, so data once read stays valid.
  *
  * The writer puts data into a ring in memory at its offset (modulo
- * JLOG_RING) and writes what an open transaction staged with one call
- * (jlog_flush) before the transaction commits: a committed entry never
- * points at data that is not written.  Large writes go around the page
- * cache, small ones through it (a direct write waits for the device, and
- * a group commit of a few 4 KiB writes should not).  Sync (jlog_sync)
- * makes the written data durable; the journal calls it before it syncs
- * LMDB.
+ * JLOG_RING) and writes what an open transaction staged before the
+ * transaction commits (jlog_flush): a committed entry never points at
+ * data that is not written.  Large writes go around the page cache, small
+ * ones through it (a direct write waits for the device, and a group
+ * commit of a few 4 KiB writes should not).  Sync (jlog_sync) makes the
+ * written data durable; the journal calls it before it syncs LMDB.
+ *
+ * The writer's own thread (started on first use) writes each staged run
+ * of JLOG_DIRECT bytes or more as soon as it is staged, in order, while
+ * the caller takes the next requests; jlog_flush waits for it.  The ring
+ * is not written over where a run still waits.  The thread touches the
+ * files only while it has runs; the caller does everything else when it
+ * is idle, and learns that it went idle from jlog_busy() and the eventfd
+ * l->efd (readable each time it does).
  *
  * The reader (one thread) copies recent data from the ring, checking that
  * the writer did not come round over it meanwhile; older data it reads
@@ -24,6 +31,7 @@
 #define REPLICAD_JLOG_H
 
 #include <limits.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +41,12 @@
 #define JLOG_STAGE	(8u << 20)	/* staged before a write */
 #define JLOG_DIRECT	(1u << 20)	/* writes this large skip the cache */
 #define JLOG_WINDOW	(4u << 20)	/* read at once */
+#define JLOG_RUNS	64		/* runs the thread may have queued */
+
+struct jlog_run {
+	uint64_t at;
+	size_t len;
+};
 
 struct jlog {
 	char dir[PATH_MAX];
@@ -56,6 +70,18 @@ struct jlog {
 	uint64_t win_at;
 	char err[PATH_MAX + 64];	/* the writer's errors */
 	char rerr[PATH_MAX + 64];	/* the reader's */
+	/* the writer's thread; under mu, but for what it alone touches */
+	pthread_t thr;
+	int thr_on;
+	pthread_mutex_t mu;
+	pthread_cond_t work;	/* a run was queued, or stop */
+	pthread_cond_t done;	/* a run was written */
+	struct jlog_run q[JLOG_RUNS];	/* q[q_first] is being written */
+	size_t q_first, q_n;
+	int stop;
+	int failed;		/* a run failed: the rest are dropped */
+	char terr[PATH_MAX + 64];	/* the thread's error */
+	int efd;		/* eventfd: the thread went idle */
 };
 
 /* The space LEN bytes take in the log: whole slots. */
@@ -74,8 +100,10 @@ int jlog_takes(uint32_t len);
 /* Stage LEN bytes; *at gets their offset.  May write earlier staged data. */
 int jlog_append(struct jlog *l, const void *data, uint32_t len,
     uint64_t *at);
-/* Write what is staged. */
+/* Write what is staged and wait until every run is written. */
 int jlog_flush(struct jlog *l);
+/* The thread has runs to write (the caller's flush would wait). */
+int jlog_busy(struct jlog *l);
 /* The open transaction committed / was given up. */
 void jlog_committed(struct jlog *l);
 void jlog_rewind(struct jlog *l);

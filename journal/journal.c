@@ -478,6 +478,18 @@ journal_sync(struct journal *j)
 	return 0;
 }
 
+int
+journal_busy(struct journal *j)
+{
+	return jlog_busy(&j->dl);
+}
+
+int
+journal_event_fd(struct journal *j)
+{
+	return j->dl.efd;
+}
+
 uint64_t
 journal_get(struct journal *j, const char *key)
 {

@@ -11,7 +11,11 @@
  *
  * Writes are group-committed: journal_begin(), any number of appends,
  * journal_commit().  Commits are not fsynced; journal_sync() makes every
- * committed entry durable (NBD FLUSH and FUA).
+ * committed entry durable (NBD FLUSH and FUA).  Large write data is
+ * written to the data log by a thread of the journal as soon as it is
+ * appended; a commit waits for it.  A caller that would rather not wait
+ * commits once journal_busy() is 0: journal_event_fd() turns readable
+ * each time it drops to 0.
  *
  * Threads: one thread writes (begin/append/commit/trim/set); another may
  * read at the same time with journal_read(), journal_last_seq(),
@@ -91,6 +95,11 @@ int journal_set(struct journal *j, const char *key, uint64_t v);
 int journal_commit(struct journal *j);
 void journal_abort(struct journal *j);
 int journal_sync(struct journal *j);
+/* Appended data is still being written: a commit now would wait. */
+int journal_busy(struct journal *j);
+/* Readable (an eventfd: read it to rearm) each time journal_busy()
+ * drops to 0. */
+int journal_event_fd(struct journal *j);
 
 /* A committed counter (0 when unset). */
 uint64_t journal_get(struct journal *j, const char *key);

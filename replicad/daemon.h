@@ -114,8 +114,10 @@ struct pvm {
 
 	/* group commit */
 	struct event *ev_commit;
+	struct event *ev_jbusy;	/* the journal's log went idle */
 	struct pop *ops;
 	size_t nops, capops;
+	uint64_t ops_bytes;	/* data the waiting ops carry */
 	int need_sync;
 	uint64_t written_seq;	/* entries up to here are in the images
 				 * (the image writer or main writes; main and

@@ -293,12 +293,41 @@ open_disk(struct pvm *vm, size_t i)
 /* ------------------------------------------------------------------ */
 /* life cycle */
 
+/*
+ * A batch waits while the journal still writes large data it appended
+ * (the journal's event fires when that is done) rather than make the loop
+ * wait for the device: meanwhile the loop takes the next requests.  A
+ * FLUSH or FUA, or COMMIT_WAIT_MAX bytes waiting, commits at once.
+ */
+#define COMMIT_WAIT_MAX	(16u << 20)
+
+static void
+commit_soon(struct pvm *vm)
+{
+	if (vm->nops == 0 || (!vm->need_sync &&
+	    vm->ops_bytes < COMMIT_WAIT_MAX && journal_busy(vm->j)))
+		return;
+	vm_commit(vm);
+}
+
 static void
 commit_cb(evutil_socket_t fd, short ev, void *arg)
 {
 	(void)fd;
 	(void)ev;
-	vm_commit(arg);
+	commit_soon(arg);
+}
+
+static void
+jbusy_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	uint64_t n;
+
+	(void)ev;
+	if (read(fd, &n, sizeof(n)) < 0) {
+		/* EAGAIN: a commit read it already */
+	}
+	commit_soon(arg);
 }
 
 /* Bigger maps go without the fast path (32 MiB of bits is 1 TiB). */
@@ -467,7 +496,10 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 	vm->acked_point = journal_get(vm->j, JM_ACKED_POINT);
 	vm->next_point_ms = now_ms() + (int64_t)cfg->interval_ms;
 	vm->ev_commit = event_new(d->base, -1, 0, commit_cb, vm);
-	if (vm->ev_commit == NULL || iw_start(vm) != 0)
+	vm->ev_jbusy = event_new(d->base, journal_event_fd(vm->j),
+	    EV_READ | EV_PERSIST, jbusy_cb, vm);
+	if (vm->ev_commit == NULL || vm->ev_jbusy == NULL ||
+	    event_add(vm->ev_jbusy, NULL) != 0 || iw_start(vm) != 0)
 		return -1;
 	for (size_t i = 0; i < d->nlinks; i++)
 		if (strcmp(link_peer(d->links[i])->name,
@@ -487,6 +519,8 @@ vm_close(struct pvm *vm)
 	iw_stop(vm);
 	if (vm->ev_commit)
 		event_free(vm->ev_commit);
+	if (vm->ev_jbusy)
+		event_free(vm->ev_jbusy);
 	for (size_t i = 0; i < MAX_DISKS; i++) {
 		if (vm->disks[i].fd >= 0) {
 			fdatasync(vm->disks[i].fd);
@@ -565,7 +599,9 @@ push_op(struct pvm *vm, const struct pop *op)
 		vm->capops = ncap;
 	}
 	vm->ops[vm->nops++] = *op;
-	if (vm->nops == 1)
+	if (op->data)
+		vm->ops_bytes += op->len;
+	if (vm->nops == 1 || vm->ops_bytes >= COMMIT_WAIT_MAX)
 		event_active(vm->ev_commit, 0, 0);
 	return 0;
 }
@@ -628,6 +664,7 @@ vm_commit(struct pvm *vm)
 	}
 	vm->need_sync = 0;
 	vm->nops = 0;
+	vm->ops_bytes = 0;
 	for (size_t i = 0; i < n; i++) {
 		free(vm->ops[i].data);
 		if (vm->ops[i].req)

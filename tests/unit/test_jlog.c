@@ -1,7 +1,7 @@
 /*
  * test_jlog.c: the journal's data log (jlog.h), through the journal's API:
  * where the data lands, aborted slots, segments and their removal, failed
- * and corrupted reads, lost data.  Real LMDB and real segment files in a
+ * and corrupted reads, lost data, the writer's thread and its failures.  Real LMDB and real segment files in a
  * mkdtemp directory.
  */
 #include "journal_fx.h"
@@ -225,6 +225,89 @@ test_data_log_segments(void **state)
 	free(b);
 }
 
+/* Entry K of the tests below: its seq and offset, and its last byte. */
+static void
+fill_entry(uint8_t *b, uint64_t k)
+{
+	uint64_t hdr[2] = { k + 1, k * 65536 };
+
+	memset(b, (int)(k * 7 + 1), 65536);
+	memcpy(b, hdr, sizeof(hdr));
+	b[65535] = (uint8_t)(k + 1);
+}
+
+/* One transaction larger than the ring: the writer's thread writes runs
+ * while later appends fill the ring, and no run is written over before it
+ * is written.  The first 64 MiB read back from the files. */
+static void
+test_data_log_thread(void **state)
+{
+	struct fx *f = *state;
+	const uint64_t n = 1536;	/* 96 MiB in 64 KiB entries */
+	uint8_t *b = malloc(n * 65536);
+	struct vctx v = { 0, 0 };
+	uint64_t ev = 0;
+
+	assert_non_null(b);
+	for (uint64_t k = 0; k < n; k++)
+		fill_entry(b + k * 65536, k);
+	assert_int_equal(journal_begin(f->j), 0);
+	for (uint64_t k = 0; k < n; k++)
+		append1(f->j, 0, k * 65536, 65536, b + k * 65536);
+	assert_int_equal(journal_commit(f->j), 0);
+	/* the commit waited for the thread, which said it went idle */
+	assert_int_equal(journal_busy(f->j), 0);
+	assert_int_equal(read(journal_event_fd(f->j), &ev, sizeof(ev)),
+	    (ssize_t)sizeof(ev));
+	assert_true(ev >= 1);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
+	    (int)n);
+	assert_int_equal(v.bad, 0);
+	reopen(f);	/* and from the files alone */
+	v.n = v.bad = 0;
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v),
+	    (int)n);
+	assert_int_equal(v.bad, 0);
+	free(b);
+}
+
+/* A run the thread cannot write fails the commit with the cause, and the
+ * journal takes the next transaction as if the failed one never was. */
+static void
+test_data_log_thread_fails(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = malloc(65536);
+	char path[300];
+	struct vctx v = { 0, 0 };
+
+	assert_non_null(b);
+	/* the first segment cannot be opened for writing */
+	snprintf(path, sizeof(path), "%s/data/%016llx", f->jdir, 0ull);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_int_equal(journal_begin(f->j), 0);
+	for (uint64_t k = 0; k < 32; k++) {	/* 2 MiB: two runs */
+		fill_entry(b, k);
+		append1(f->j, 0, k * 65536, 65536, b);
+	}
+	assert_int_equal(journal_commit(f->j), -1);
+	assert_non_null(strstr(journal_error(f->j), "Is a directory"));
+	assert_int_equal(journal_last_seq(f->j), 0);
+	assert_int_equal(journal_busy(f->j), 0);
+
+	assert_int_equal(rmdir(path), 0);
+	assert_int_equal(journal_begin(f->j), 0);
+	for (uint64_t k = 0; k < 32; k++) {
+		fill_entry(b, k);
+		append1(f->j, 0, k * 65536, 65536, b);
+	}
+	assert_int_equal(journal_commit(f->j), 0);
+	reopen(f);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v), 32);
+	assert_int_equal(v.bad, 0);
+	free(b);
+}
+
 static int
 first_cb(const struct jentry *e, void *arg)
 {
@@ -359,6 +442,10 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_lost, setup,
 		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_thread, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_thread_fails,
+		    setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
