@@ -772,16 +772,22 @@ step_request(struct nbd_conn *c)
 			reply_done(c, cookie, ENOMEM, "out of memory");
 			return 1;
 		}
-		if ((data = evbuffer_pullup(in, REQ_LEN + (size_t)len)) ==
-		    NULL) {
-			log_warnx("%s: conn %u: evbuffer_pullup failed",
-			    __func__, c->id);
+		/* one copy, out of the input's chunks into what the backend
+		 * keeps */
+		evbuffer_drain(in, REQ_LEN);
+		if ((data = malloc(len)) == NULL) {
+			evbuffer_drain(in, len);
 			nbd_complete(req, ENOMEM);
+			return 1;
+		}
+		if (evbuffer_remove(in, data, len) != (int)len) {
+			log_warnx("%s: conn %u: evbuffer_remove failed",
+			    __func__, c->id);
+			free(data);
+			nbd_complete(req, EIO);
 			return -1;
 		}
-		srv->be.write(c->exp, off, len, data + REQ_LEN, fua, req);
-		/* Input still ours: conn_close() defers while processing. */
-		evbuffer_drain(in, REQ_LEN + (size_t)len);
+		srv->be.write(c->exp, off, len, data, fua, req);
 		return 1;
 	}
 

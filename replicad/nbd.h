@@ -36,8 +36,9 @@ struct nbd_backend {
 	/* Read LEN bytes at OFF into BUF; return 0 or an errno value. */
 	int (*read)(void *exp, uint64_t off, uint32_t len, void *buf);
 	/* Write (data != NULL) or zero (data == NULL; TRIM and WRITE_ZEROES)
-	 * a range; fua asks for durability before completion. */
-	void (*write)(void *exp, uint64_t off, uint32_t len, const void *data,
+	 * a range; fua asks for durability before completion.  DATA is
+	 * malloc'd and the backend's to free. */
+	void (*write)(void *exp, uint64_t off, uint32_t len, void *data,
 	    int fua, struct nbd_req *req);
 	/* Make every completed write durable. */
 	void (*flush)(void *exp, struct nbd_req *req);

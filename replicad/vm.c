@@ -845,14 +845,15 @@ be_read(void *exp, uint64_t off, uint32_t len, void *buf)
 }
 
 static void
-be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
+be_write(void *exp, uint64_t off, uint32_t len, void *data, int fua,
     struct nbd_req *req)
 {
 	struct pdisk *pd = exp;
 	struct pvm *vm = pd->vm;
-	struct pop op = { pd->idx, off, len, NULL, 0, req, 0 };
+	struct pop op = { pd->idx, off, len, data, 0, req, 0 };
 
 	if (off > pd->size || len > pd->size - off) {
+		free(data);
 		nbd_complete(req, EINVAL);
 		return;
 	}
@@ -864,9 +865,11 @@ be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
 		if (iw_broken(vm) || (data ? pwrite_full(pd->fd, data, len,
 		    off) : zero_range(pd->fd, off, len))) {
 			log_warn("vm %s: write %s", vm->cfg->name, pd->export);
+			free(data);
 			nbd_complete(req, EIO);
 			return;
 		}
+		free(data);
 		vm->img_unsynced = 1;
 		nbd_complete(req, 0);
 		return;
@@ -879,22 +882,11 @@ be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
 		goto fail;
 	if (vm->overflow) {
 		/* over quota: the image takes it, the map remembers where */
-		if (data && (op.data = malloc(len ? len : 1)) == NULL) {
-			nbd_complete(req, ENOMEM);
-			return;
-		}
-		if (data)
-			memcpy(op.data, data, len);
 		if (journal_mark_dirty(vm->j, pd->idx, off, len) != 0)
 			goto fail;
 		op.marked = 1;
 		vm->img_unsynced = 1;
 	} else if (data) {
-		if ((op.data = malloc(len ? len : 1)) == NULL) {
-			nbd_complete(req, ENOMEM);
-			return;
-		}
-		memcpy(op.data, data, len);
 		for (uint32_t done = 0; done < len;) {
 			uint32_t piece = len - done > JOURNAL_MAX_ENTRY ?
 			    JOURNAL_MAX_ENTRY : len - done;

@@ -186,20 +186,18 @@ be_read(void *exp, uint64_t off, uint32_t len, void *buf)
 }
 
 static void
-be_write(void *exp, uint64_t off, uint32_t len, const void *data, int fua,
+be_write(void *exp, uint64_t off, uint32_t len, void *data, int fua,
     struct nbd_req *req)
 {
 	struct file *f = exp;
 	struct op *op;
 
-	if ((op = calloc(1, sizeof(*op))) == NULL ||
-	    (data != NULL && (op->data = malloc(len)) == NULL)) {
-		free(op);
+	if ((op = calloc(1, sizeof(*op))) == NULL) {
+		free(data);
 		nbd_complete(req, ENOMEM);
 		return;
 	}
-	if (data != NULL)
-		memcpy(op->data, data, len);
+	op->data = data;
 	op->req = req;
 	op->off = off;
 	op->len = len;
