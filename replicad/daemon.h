@@ -143,6 +143,9 @@ struct pvm {
 	uint64_t iw_bytes;	/* data queued or being written */
 	uint64_t iw_target;	/* committed seq the queue leads up to */
 	int iw_busy, iw_stop;
+	int iw_sync_want;	/* main asks the writer to sync the images */
+	uint64_t synced_seq;	/* atomic: entries up to here are in the
+				 * images durably (the writer's syncs) */
 	int iw_pending;		/* atomic: queued or being written */
 	int iw_failed;		/* atomic: an image write failed */
 	/*

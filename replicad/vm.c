@@ -44,6 +44,29 @@ img_sync(struct pvm *vm)
 
 #define IW_MAX_BYTES	(64u << 20)	/* queued before main waits */
 
+/*
+ * The writer syncs the images when main asks (for a trim): what it had
+ * written before the sync becomes synced_seq.  Main's event loop never
+ * waits for the images' writeback.  Called and returns with iw_mu held.
+ */
+static void
+iw_sync(struct pvm *vm)
+{
+	uint64_t s = __atomic_load_n(&vm->written_seq, __ATOMIC_ACQUIRE);
+
+	vm->iw_sync_want = 0;
+	pthread_mutex_unlock(&vm->iw_mu);
+	if (!__atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE)) {
+		if (img_sync(vm) == 0)
+			__atomic_store_n(&vm->synced_seq, s,
+			    __ATOMIC_RELEASE);
+		else	/* writeback lost data: the journal has it */
+			__atomic_store_n(&vm->iw_failed, 1,
+			    __ATOMIC_RELEASE);
+	}
+	pthread_mutex_lock(&vm->iw_mu);
+}
+
 static void *
 iw_main(void *arg)
 {
@@ -57,8 +80,14 @@ iw_main(void *arg)
 		struct pop *t;
 		size_t tc;
 
-		while (vm->iw_n == 0 && !vm->iw_stop)
+		while (vm->iw_n == 0 && !vm->iw_stop && !vm->iw_sync_want)
 			pthread_cond_wait(&vm->iw_work, &vm->iw_mu);
+		if (vm->iw_sync_want) {
+			/* between batches, so that a steady stream of
+			 * writes does not hold it off */
+			iw_sync(vm);
+			continue;
+		}
 		if (vm->iw_n == 0)
 			break;
 		/* take the whole queue; main fills the other array */
@@ -452,7 +481,7 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 		if (img_sync(vm) != 0)
 			return -1;
 	}
-	vm->written_seq = journal_last_seq(vm->j);
+	vm->written_seq = vm->synced_seq = journal_last_seq(vm->j);
 	if (journal_begin(vm->j) != 0 ||
 	    journal_set(vm->j, JM_APPLIED, vm->written_seq) != 0 ||
 	    journal_commit(vm->j) != 0 || journal_sync(vm->j) != 0) {
@@ -1121,7 +1150,7 @@ void
 vm_tick(struct pvm *vm, int64_t now)
 {
 	char err[256];
-	uint64_t upto, written;
+	uint64_t upto, written, synced, first;
 
 	if (now >= vm->next_point_ms) {
 		vm->next_point_ms = now + (int64_t)vm->cfg->interval_ms;
@@ -1130,13 +1159,21 @@ vm_tick(struct pvm *vm, int64_t now)
 			    sizeof(err));
 	}
 	/* Trim what the DR site holds and the images hold durably (what
-	 * the writer wrote before the sync). */
+	 * the writer wrote before its last sync); ask for the next sync
+	 * while the DR site holds more than that. */
+	synced = __atomic_load_n(&vm->synced_seq, __ATOMIC_ACQUIRE);
 	written = __atomic_load_n(&vm->written_seq, __ATOMIC_ACQUIRE);
-	upto = vm->acked_seq < written ? vm->acked_seq : written;
-	if (upto > 0 && journal_first_seq(vm->j) != 0 &&
-	    journal_first_seq(vm->j) <= upto && vm->nops == 0) {
-		if (img_sync(vm) != 0)
-			return;
+	first = journal_first_seq(vm->j);
+	if (first != 0 && first <= vm->acked_seq && synced < vm->acked_seq &&
+	    synced < written && vm->iw_started && !iw_broken(vm)) {
+		pthread_mutex_lock(&vm->iw_mu);
+		vm->iw_sync_want = 1;
+		pthread_cond_signal(&vm->iw_work);
+		pthread_mutex_unlock(&vm->iw_mu);
+	}
+	upto = vm->acked_seq < synced ? vm->acked_seq : synced;
+	if (upto > 0 && first != 0 && first <= upto && vm->nops == 0) {
+		written = synced;
 		if (journal_begin(vm->j) != 0 ||
 		    journal_set(vm->j, JM_APPLIED, written) != 0 ||
 		    journal_set(vm->j, JM_ACKED, vm->acked_seq) != 0 ||
