@@ -281,8 +281,18 @@ jlog_busy(struct jlog *l)
 int
 jlog_flush(struct jlog *l)
 {
+	int idle, bad;
+
+	/* a run of this transaction failed: it cannot commit, whatever is
+	 * left to write */
+	pthread_mutex_lock(&l->mu);
+	idle = l->q_n == 0;
+	bad = l->failed;
+	pthread_mutex_unlock(&l->mu);
+	if (bad)
+		return lfail(l, "%s", l->terr);
 	/* a small run, with the thread idle, costs less written here */
-	if (l->st_len > 0 && l->st_len < JLOG_DIRECT && !jlog_busy(l)) {
+	if (l->st_len > 0 && l->st_len < JLOG_DIRECT && idle) {
 		if (write_run(l, l->st_at, l->st_len, l->err,
 		    sizeof(l->err)) != 0)
 			return -1;

@@ -630,7 +630,7 @@ push_op(struct pvm *vm, const struct pop *op)
 	vm->ops[vm->nops++] = *op;
 	if (op->data)
 		vm->ops_bytes += op->len;
-	if (vm->nops == 1 || vm->ops_bytes >= COMMIT_WAIT_MAX)
+	if (vm->nops == 1 || vm->need_sync || vm->ops_bytes >= COMMIT_WAIT_MAX)
 		event_active(vm->ev_commit, 0, 0);
 	return 0;
 }
@@ -652,11 +652,22 @@ vm_commit(struct pvm *vm)
 {
 	size_t n = vm->nops;
 	int err = 0, marked = 0;
+	uint64_t top = 0;
 
+	for (size_t i = 0; i < n; i++)
+		if (!vm->ops[i].marked && vm->ops[i].seq > top)
+			top = vm->ops[i].seq;
 	if (journal_commit(vm->j) != 0) {
 		log_warnx("vm %s: journal: %s", vm->cfg->name,
 		    journal_error(vm->j));
 		err = errno_of_journal(vm);
+	} else if (top > journal_last_seq(vm->j)) {
+		/* their transaction ended without them: never acknowledged
+		 * without their entries */
+		log_warnx("vm %s: journal: %llu entries lost before their "
+		    "commit", vm->cfg->name, (unsigned long long)(top -
+		    journal_last_seq(vm->j)));
+		err = EIO;
 	}
 	if (!err && iw_broken(vm))
 		err = EIO;	/* the images fail: said once, by the writer */
@@ -1056,6 +1067,8 @@ vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a, uint64_t b)
 
 	switch (type) {
 	case SM_SYNC_START:
+		if (vm->nops)	/* their transaction is not ours to end */
+			vm_commit(vm);
 		if (journal_begin(vm->j) != 0 ||
 		    journal_set(vm->j, JM_SYNCED, 0) != 0 ||
 		    journal_set(vm->j, JM_SYNC_BASE, a) != 0 ||
@@ -1065,6 +1078,8 @@ vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a, uint64_t b)
 		break;
 	case SM_SYNCED:
 	case SM_SYNC_DONE:
+		if (vm->nops)
+			vm_commit(vm);
 		if (journal_begin(vm->j) != 0 ||
 		    journal_set(vm->j, JM_SYNCED, 1) != 0 ||
 		    journal_commit(vm->j) != 0) {
@@ -1158,6 +1173,10 @@ vm_tick(struct pvm *vm, int64_t now)
 			vm_cut_point(vm, POINT_CRASH, NULL, NULL, err,
 			    sizeof(err));
 	}
+	/* a batch that waits for the journal's log thread commits now:
+	 * what follows wants no open batch */
+	if (vm->nops)
+		vm_commit(vm);
 	/* Trim what the DR site holds and the images hold durably (what
 	 * the writer wrote before its last sync); ask for the next sync
 	 * while the DR site holds more than that. */

@@ -271,8 +271,10 @@ test_data_log_thread(void **state)
 	free(b);
 }
 
-/* A run the thread cannot write fails the commit with the cause, and the
- * journal takes the next transaction as if the failed one never was. */
+/* A run the thread cannot write fails the commit with the cause, also
+ * when what is left is small enough for the commit to write itself, and
+ * the journal takes the next transaction as if the failed one never
+ * was. */
 static void
 test_data_log_thread_fails(void **state)
 {
@@ -295,12 +297,29 @@ test_data_log_thread_fails(void **state)
 	assert_int_equal(journal_last_seq(f->j), 0);
 	assert_int_equal(journal_busy(f->j), 0);
 
+	/* the same with a small tail in the next segment, which the commit
+	 * writes itself once the thread is idle (as vm.c commits) */
+	assert_int_equal(journal_begin(f->j), 0);
+	for (uint64_t k = 0; k < 1024; k++) {	/* 64 MiB: segment 0 */
+		fill_entry(b, k);
+		append1(f->j, 0, k * 65536, 65536, b);
+	}
+	fill_entry(b, 1024);
+	append1(f->j, 0, 1024 * 65536, 65536, b);
+	while (journal_busy(f->j))
+		usleep(1000);
+	assert_int_equal(journal_commit(f->j), -1);
+	assert_non_null(strstr(journal_error(f->j), "Is a directory"));
+	assert_int_equal(journal_last_seq(f->j), 0);
+
 	assert_int_equal(rmdir(path), 0);
 	assert_int_equal(journal_begin(f->j), 0);
 	for (uint64_t k = 0; k < 32; k++) {
 		fill_entry(b, k);
 		append1(f->j, 0, k * 65536, 65536, b);
 	}
+	while (journal_busy(f->j))
+		usleep(1000);
 	assert_int_equal(journal_commit(f->j), 0);
 	reopen(f);
 	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v), 32);
