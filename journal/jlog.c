@@ -268,6 +268,14 @@ wait_below(struct jlog *l, uint64_t below)
 }
 
 int
+jlog_kick(struct jlog *l)
+{
+	if (l->st_len == 0)
+		return 0;
+	return submit(l) == 0 ? 1 : -1;
+}
+
+int
 jlog_busy(struct jlog *l)
 {
 	int n;

@@ -104,6 +104,9 @@ int jlog_append(struct jlog *l, const void *data, uint32_t len,
 int jlog_flush(struct jlog *l);
 /* The thread has runs to write (the caller's flush would wait). */
 int jlog_busy(struct jlog *l);
+/* Hand what is staged to the thread now, whatever its size; 1 if there
+ * was something, -1 on error. */
+int jlog_kick(struct jlog *l);
 /* The open transaction committed / was given up. */
 void jlog_committed(struct jlog *l);
 void jlog_rewind(struct jlog *l);

@@ -485,6 +485,12 @@ journal_busy(struct journal *j)
 }
 
 int
+journal_kick(struct journal *j)
+{
+	return j->txn && !j->txn_err ? jlog_kick(&j->dl) : 0;
+}
+
+int
 journal_event_fd(struct journal *j)
 {
 	return j->dl.efd;

@@ -97,6 +97,9 @@ void journal_abort(struct journal *j);
 int journal_sync(struct journal *j);
 /* Appended data is still being written: a commit now would wait. */
 int journal_busy(struct journal *j);
+/* Start writing the data appended so far (the log thread's); 1 if there
+ * was any, 0 if not, -1 on error (the commit reports it). */
+int journal_kick(struct journal *j);
 /* Readable (an eventfd: read it to rearm) each time journal_busy()
  * drops to 0. */
 int journal_event_fd(struct journal *j);

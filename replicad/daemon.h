@@ -118,6 +118,7 @@ struct pvm {
 	struct pop *ops;
 	size_t nops, capops;
 	uint64_t ops_bytes;	/* data the waiting ops carry */
+	int kicked;		/* the batch's data went to the log thread */
 	int need_sync;
 	uint64_t written_seq;	/* entries up to here are in the images
 				 * (the image writer or main writes; main and

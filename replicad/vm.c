@@ -323,10 +323,11 @@ open_disk(struct pvm *vm, size_t i)
 /* life cycle */
 
 /*
- * A batch waits while the journal still writes large data it appended
- * (the journal's event fires when that is done) rather than make the loop
- * wait for the device: meanwhile the loop takes the next requests.  A
- * FLUSH or FUA, or COMMIT_WAIT_MAX bytes waiting, commits at once.
+ * A batch commits after one more poll of the sockets, and waits while the
+ * journal's log thread still writes data it appended (the journal's event
+ * fires when that is done) rather than make the loop wait for the device:
+ * meanwhile the loop takes the next requests into the batch.  A FLUSH or
+ * FUA, or COMMIT_WAIT_MAX bytes waiting, commits at once.
  */
 #define COMMIT_WAIT_MAX	(16u << 20)
 
@@ -336,6 +337,14 @@ commit_soon(struct pvm *vm)
 	if (vm->nops == 0 || (!vm->need_sync &&
 	    vm->ops_bytes < COMMIT_WAIT_MAX && journal_busy(vm->j)))
 		return;
+	/* a batch of several: its data goes to the log thread, and the
+	 * requests that arrive meanwhile join it (a lone request commits
+	 * at once: the hand-over would only add to its latency) */
+	if (!vm->need_sync && !vm->kicked && vm->nops >= 2 &&
+	    journal_kick(vm->j) > 0) {
+		vm->kicked = 1;
+		return;
+	}
 	vm_commit(vm);
 }
 
@@ -630,8 +639,15 @@ push_op(struct pvm *vm, const struct pop *op)
 	vm->ops[vm->nops++] = *op;
 	if (op->data)
 		vm->ops_bytes += op->len;
-	if (vm->nops == 1 || vm->need_sync || vm->ops_bytes >= COMMIT_WAIT_MAX)
+	if (vm->need_sync || vm->ops_bytes >= COMMIT_WAIT_MAX)
 		event_active(vm->ev_commit, 0, 0);
+	else if (vm->nops == 1) {
+		/* after one more poll of the sockets: requests already on
+		 * their way join the batch (one commit, one reply write) */
+		static const struct timeval now = { 0, 0 };
+
+		event_add(vm->ev_commit, &now);
+	}
 	return 0;
 }
 
@@ -705,6 +721,7 @@ vm_commit(struct pvm *vm)
 	vm->need_sync = 0;
 	vm->nops = 0;
 	vm->ops_bytes = 0;
+	vm->kicked = 0;
 	for (size_t i = 0; i < n; i++) {
 		free(vm->ops[i].data);
 		if (vm->ops[i].req)

@@ -327,6 +327,38 @@ test_data_log_thread_fails(void **state)
 	free(b);
 }
 
+/* A small batch handed to the thread early (journal_kick, as vm.c does
+ * for a batch of several requests) commits and reads back from the
+ * files; with nothing staged there is nothing to hand over. */
+static void
+test_data_log_kick(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = malloc(65536);
+	struct vctx v = { 0, 0 };
+	uint64_t ev;
+
+	assert_non_null(b);
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_kick(f->j), 0);
+	for (uint64_t k = 0; k < 4; k++) {	/* 256 KiB: under a run */
+		fill_entry(b, k);
+		append1(f->j, 0, k * 65536, 65536, b);
+	}
+	assert_int_equal(journal_kick(f->j), 1);
+	while (journal_busy(f->j))
+		usleep(1000);
+	assert_int_equal(read(journal_event_fd(f->j), &ev, sizeof(ev)),
+	    (ssize_t)sizeof(ev));
+	fill_entry(b, 4);			/* and a tail after it */
+	append1(f->j, 0, 4 * 65536, 65536, b);
+	assert_int_equal(journal_commit(f->j), 0);
+	reopen(f);
+	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v), 5);
+	assert_int_equal(v.bad, 0);
+	free(b);
+}
+
 static int
 first_cb(const struct jentry *e, void *arg)
 {
@@ -465,6 +497,8 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_thread_fails,
 		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_kick, setup,
+		    teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
