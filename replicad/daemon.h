@@ -200,6 +200,7 @@ struct pvm {
 	int64_t refused_ms;
 
 	/* points */
+	int64_t next_trim_ms;	/* trims wait until then (vm_tick) */
 	int64_t next_point_ms;
 	int point_deferred;	/* cut one when the initial copy ends */
 	char deferred_label[JOURNAL_LABEL_MAX + 1];

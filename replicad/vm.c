@@ -1177,6 +1177,8 @@ vm_drop_waiters(struct daemon *d, struct ctl_conn *conn)
 	}
 }
 
+#define TRIM_EVERY_MS	5000
+
 /* Once a second: interval points, journal trim. */
 void
 vm_tick(struct pvm *vm, int64_t now)
@@ -1208,7 +1210,13 @@ vm_tick(struct pvm *vm, int64_t now)
 		pthread_mutex_unlock(&vm->iw_mu);
 	}
 	upto = vm->acked_seq < synced ? vm->acked_seq : synced;
+	/* each trim syncs the journal (its log, LMDB) and removes segments,
+	 * which holds the loop up: under way, every TRIM_EVERY_MS, or at
+	 * once when the journal holds a quarter of its quota */
+	if (now < vm->next_trim_ms && journal_bytes(vm->j) < vm->quota / 4)
+		upto = 0;
 	if (upto > 0 && first != 0 && first <= upto && vm->nops == 0) {
+		vm->next_trim_ms = now + TRIM_EVERY_MS;
 		written = synced;
 		if (journal_begin(vm->j) != 0 ||
 		    journal_set(vm->j, JM_APPLIED, written) != 0 ||

@@ -46,7 +46,7 @@ done
 # what the DR site holds and the primary's images hold durably (the image
 # writer's sync) leaves the journal within a few ticks
 drained() {
-	for _ in $(seq 100); do
+	for _ in $(seq 200); do
 		[ "$(ra --json status web01 | jget vms 0 journal_bytes)" = 0 ] && return 0
 		sleep 0.1
 	done
