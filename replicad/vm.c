@@ -54,17 +54,35 @@ iw_sync(struct pvm *vm)
 {
 	uint64_t s = __atomic_load_n(&vm->written_seq, __ATOMIC_ACQUIRE);
 
+	int ok = 0;
+
 	vm->iw_sync_want = 0;
 	pthread_mutex_unlock(&vm->iw_mu);
 	if (!__atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE)) {
 		if (img_sync(vm) == 0)
-			__atomic_store_n(&vm->synced_seq, s,
-			    __ATOMIC_RELEASE);
+			ok = 1;
 		else	/* writeback lost data: the journal has it */
 			__atomic_store_n(&vm->iw_failed, 1,
 			    __ATOMIC_RELEASE);
 	}
 	pthread_mutex_lock(&vm->iw_mu);
+	/* main may have synced further meanwhile (enter_overflow) */
+	if (ok && s > vm->synced_seq)
+		__atomic_store_n(&vm->synced_seq, s, __ATOMIC_RELEASE);
+}
+
+/* Main synced the images itself with the writer drained: the applied
+ * mark it writes must stay the floor of every later one (a trim). */
+static void
+iw_synced(struct pvm *vm)
+{
+	if (!vm->iw_started)
+		return;
+	pthread_mutex_lock(&vm->iw_mu);
+	if (vm->written_seq > vm->synced_seq)
+		__atomic_store_n(&vm->synced_seq, vm->written_seq,
+		    __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&vm->iw_mu);
 }
 
 static void *
@@ -552,6 +570,8 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 static void
 vm_close(struct pvm *vm)
 {
+	int synced = 1;
+
 	if (vm->j && vm->nops)
 		vm_commit(vm);
 	iw_stop(vm);
@@ -561,13 +581,17 @@ vm_close(struct pvm *vm)
 		event_free(vm->ev_jbusy);
 	for (size_t i = 0; i < MAX_DISKS; i++) {
 		if (vm->disks[i].fd >= 0) {
-			fdatasync(vm->disks[i].fd);
+			if (fdatasync(vm->disks[i].fd) == -1)
+				synced = 0;
 			close(vm->disks[i].fd);
 		}
 		free(vm->disks[i].export);
 	}
 	if (vm->j) {
-		if (vm->written_seq && journal_begin(vm->j) == 0 &&
+		/* after a failed image write or sync the applied mark stays
+		 * where it was: the next start replays from there */
+		if (synced && !iw_broken(vm) && vm->written_seq &&
+		    journal_begin(vm->j) == 0 &&
 		    journal_set(vm->j, JM_APPLIED, vm->written_seq) == 0)
 			journal_commit(vm->j);
 		journal_close(vm->j);
@@ -749,6 +773,7 @@ enter_overflow(struct pvm *vm)
 	iw_drain(vm);
 	if (iw_broken(vm) || img_sync(vm) != 0)
 		return -1;
+	iw_synced(vm);
 	/* durable before any tracked write reaches an image */
 	if (journal_begin(vm->j) != 0 ||
 	    journal_set(vm->j, JM_APPLIED, vm->written_seq) != 0 ||
@@ -1065,8 +1090,11 @@ vm_acked(struct pvm *vm, uint64_t seq, uint64_t point)
 		struct waiter *w = &vm->waiters[i];
 
 		/* durable on the DR site: applied, or staged while the
-		 * replica is failed over */
+		 * replica is failed over; and in the primary's images */
 		if (w->point <= vm->acked_point || w->seq <= vm->acked_seq) {
+			if (__atomic_load_n(&vm->written_seq,
+			    __ATOMIC_ACQUIRE) < w->seq)
+				iw_drain(vm);
 			json_t *r = json_pack("{s:b,s:s,s:I}", "ok", 1, "vm",
 			    vm->cfg->name, "point", (json_int_t)w->point);
 
