@@ -357,11 +357,11 @@ jlog_committed(struct jlog *l)
 void
 jlog_rewind(struct jlog *l)
 {
-	/* the thread is done with the ring before it is written over; slots
-	 * written for the transaction are written over next time */
+	/* the thread is done with the ring before it is written over (its
+	 * failure was the transaction's); slots written for the
+	 * transaction are written over next time */
+	(void)wait_idle(l);
 	pthread_mutex_lock(&l->mu);
-	while (l->q_n > 0)
-		pthread_cond_wait(&l->done, &l->mu);
 	l->failed = 0;
 	pthread_mutex_unlock(&l->mu);
 	l->st_len = 0;

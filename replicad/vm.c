@@ -53,7 +53,6 @@ static void
 iw_sync(struct pvm *vm)
 {
 	uint64_t s = __atomic_load_n(&vm->written_seq, __ATOMIC_ACQUIRE);
-
 	int ok = 0;
 
 	vm->iw_sync_want = 0;
@@ -1243,11 +1242,10 @@ vm_tick(struct pvm *vm, int64_t now)
 	 * once when the journal holds a quarter of its quota */
 	if (now < vm->next_trim_ms && journal_bytes(vm->j) < vm->quota / 4)
 		upto = 0;
-	if (upto > 0 && first != 0 && first <= upto && vm->nops == 0) {
+	if (upto > 0 && first != 0 && first <= upto) {
 		vm->next_trim_ms = now + TRIM_EVERY_MS;
-		written = synced;
 		if (journal_begin(vm->j) != 0 ||
-		    journal_set(vm->j, JM_APPLIED, written) != 0 ||
+		    journal_set(vm->j, JM_APPLIED, synced) != 0 ||
 		    journal_set(vm->j, JM_ACKED, vm->acked_seq) != 0 ||
 		    journal_set(vm->j, JM_ACKED_POINT, vm->acked_point) != 0 ||
 		    journal_commit(vm->j) != 0 || vm_journal_sync(vm) != 0 ||

@@ -236,6 +236,28 @@ fill_entry(uint8_t *b, uint64_t k)
 	b[65535] = (uint8_t)(k + 1);
 }
 
+/* Append entries [FROM, TO) of fill_entry(), 64 KiB each, at their
+ * offsets. */
+static void
+append_entries(struct journal *j, uint64_t from, uint64_t to)
+{
+	static uint8_t b[65536];
+
+	for (uint64_t k = from; k < to; k++) {
+		fill_entry(b, k);
+		append1(j, 0, k * 65536, 65536, b);
+	}
+}
+
+/* Until the log's thread has written what it was given (vm.c commits
+ * then). */
+static void
+until_idle(struct journal *j)
+{
+	while (journal_busy(j))
+		usleep(1000);
+}
+
 /* One transaction larger than the ring: the writer's thread writes runs
  * while later appends fill the ring, and no run is written over before it
  * is written.  The first 64 MiB read back from the files. */
@@ -279,19 +301,14 @@ static void
 test_data_log_thread_fails(void **state)
 {
 	struct fx *f = *state;
-	uint8_t *b = malloc(65536);
 	char path[300];
 	struct vctx v = { 0, 0 };
 
-	assert_non_null(b);
 	/* the first segment cannot be opened for writing */
 	snprintf(path, sizeof(path), "%s/data/%016llx", f->jdir, 0ull);
 	assert_int_equal(mkdir(path, 0700), 0);
 	assert_int_equal(journal_begin(f->j), 0);
-	for (uint64_t k = 0; k < 32; k++) {	/* 2 MiB: two runs */
-		fill_entry(b, k);
-		append1(f->j, 0, k * 65536, 65536, b);
-	}
+	append_entries(f->j, 0, 32);		/* 2 MiB: two runs */
 	assert_int_equal(journal_commit(f->j), -1);
 	assert_non_null(strstr(journal_error(f->j), "Is a directory"));
 	assert_int_equal(journal_last_seq(f->j), 0);
@@ -300,31 +317,21 @@ test_data_log_thread_fails(void **state)
 	/* the same with a small tail in the next segment, which the commit
 	 * writes itself once the thread is idle (as vm.c commits) */
 	assert_int_equal(journal_begin(f->j), 0);
-	for (uint64_t k = 0; k < 1024; k++) {	/* 64 MiB: segment 0 */
-		fill_entry(b, k);
-		append1(f->j, 0, k * 65536, 65536, b);
-	}
-	fill_entry(b, 1024);
-	append1(f->j, 0, 1024 * 65536, 65536, b);
-	while (journal_busy(f->j))
-		usleep(1000);
+	append_entries(f->j, 0, 1024);		/* 64 MiB: segment 0 */
+	append_entries(f->j, 1024, 1025);
+	until_idle(f->j);
 	assert_int_equal(journal_commit(f->j), -1);
 	assert_non_null(strstr(journal_error(f->j), "Is a directory"));
 	assert_int_equal(journal_last_seq(f->j), 0);
 
 	assert_int_equal(rmdir(path), 0);
 	assert_int_equal(journal_begin(f->j), 0);
-	for (uint64_t k = 0; k < 32; k++) {
-		fill_entry(b, k);
-		append1(f->j, 0, k * 65536, 65536, b);
-	}
-	while (journal_busy(f->j))
-		usleep(1000);
+	append_entries(f->j, 0, 32);
+	until_idle(f->j);
 	assert_int_equal(journal_commit(f->j), 0);
 	reopen(f);
 	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v), 32);
 	assert_int_equal(v.bad, 0);
-	free(b);
 }
 
 /* A small batch handed to the thread early (journal_kick, as vm.c does
@@ -334,29 +341,21 @@ static void
 test_data_log_kick(void **state)
 {
 	struct fx *f = *state;
-	uint8_t *b = malloc(65536);
 	struct vctx v = { 0, 0 };
 	uint64_t ev;
 
-	assert_non_null(b);
 	assert_int_equal(journal_begin(f->j), 0);
 	assert_int_equal(journal_kick(f->j), 0);
-	for (uint64_t k = 0; k < 4; k++) {	/* 256 KiB: under a run */
-		fill_entry(b, k);
-		append1(f->j, 0, k * 65536, 65536, b);
-	}
+	append_entries(f->j, 0, 4);		/* 256 KiB: under a run */
 	assert_int_equal(journal_kick(f->j), 1);
-	while (journal_busy(f->j))
-		usleep(1000);
+	until_idle(f->j);
 	assert_int_equal(read(journal_event_fd(f->j), &ev, sizeof(ev)),
 	    (ssize_t)sizeof(ev));
-	fill_entry(b, 4);			/* and a tail after it */
-	append1(f->j, 0, 4 * 65536, 65536, b);
+	append_entries(f->j, 4, 5);		/* and a tail after it */
 	assert_int_equal(journal_commit(f->j), 0);
 	reopen(f);
 	assert_int_equal(journal_read(f->j, 0, SIZE_MAX, verify_cb, &v), 5);
 	assert_int_equal(v.bad, 0);
-	free(b);
 }
 
 static int
