@@ -754,6 +754,30 @@ vm_commit(struct pvm *vm)
 		link_wake(vm->link);
 }
 
+/*
+ * A failed append poisons the open transaction (and may leave pieces of
+ * the failed write in it): end it here rather than let every later write
+ * fail on it until a FLUSH.  The writes waiting in it were not
+ * acknowledged and fail with it; the journal and the images stay as the
+ * last commit left them.
+ */
+static void
+vm_abort_batch(struct pvm *vm, int err)
+{
+	size_t n = vm->nops;
+
+	journal_abort(vm->j);
+	vm->need_sync = 0;
+	vm->nops = 0;
+	vm->ops_bytes = 0;
+	vm->kicked = 0;
+	for (size_t i = 0; i < n; i++) {
+		free(vm->ops[i].data);
+		if (vm->ops[i].req)
+			nbd_complete(vm->ops[i].req, err);
+	}
+}
+
 /* ------------------------------------------------------------------ */
 /* journal quota: the dirty map and the catch-up */
 
@@ -989,6 +1013,7 @@ fail:
 	log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 	free(op.data);
 	nbd_complete(req, errno_of_journal(vm));
+	vm_abort_batch(vm, errno_of_journal(vm));
 }
 
 static void
@@ -1205,6 +1230,7 @@ vm_drop_waiters(struct daemon *d, struct ctl_conn *conn)
 }
 
 #define TRIM_EVERY_MS	5000
+#define SYNC_AHEAD_MS	1500	/* the images' sync asked before a trim */
 
 /* Once a second: interval points, journal trim. */
 void
@@ -1225,12 +1251,16 @@ vm_tick(struct pvm *vm, int64_t now)
 		vm_commit(vm);
 	/* Trim what the DR site holds and the images hold durably (what
 	 * the writer wrote before its last sync); ask for the next sync
-	 * while the DR site holds more than that. */
+	 * while the DR site holds more than that, a tick before the trim
+	 * (or when the journal fills), not every tick: each one is an
+	 * fdatasync of every image. */
 	synced = __atomic_load_n(&vm->synced_seq, __ATOMIC_ACQUIRE);
 	written = __atomic_load_n(&vm->written_seq, __ATOMIC_ACQUIRE);
 	first = journal_first_seq(vm->j);
 	if (first != 0 && first <= vm->acked_seq && synced < vm->acked_seq &&
-	    synced < written && vm->iw_started && !iw_broken(vm)) {
+	    synced < written && vm->iw_started && !iw_broken(vm) &&
+	    (now >= vm->next_trim_ms - SYNC_AHEAD_MS ||
+	    journal_bytes(vm->j) >= vm->quota / 8)) {
 		pthread_mutex_lock(&vm->iw_mu);
 		vm->iw_sync_want = 1;
 		pthread_cond_signal(&vm->iw_work);
