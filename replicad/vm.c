@@ -681,6 +681,23 @@ errno_of_journal(struct pvm *vm)
 	    strstr(journal_error(vm->j), "space") ? ENOSPC : EIO;
 }
 
+/* The batch is over: complete its requests with ERR. */
+static void
+batch_done(struct pvm *vm, int err)
+{
+	size_t n = vm->nops;
+
+	vm->need_sync = 0;
+	vm->nops = 0;
+	vm->ops_bytes = 0;
+	vm->kicked = 0;
+	for (size_t i = 0; i < n; i++) {
+		free(vm->ops[i].data);
+		if (vm->ops[i].req)
+			nbd_complete(vm->ops[i].req, err);
+	}
+}
+
 /*
  * Commit the open transaction, hand its entries to the image writer (or,
  * for writes the dirty map tracks instead, write them to the images), sync
@@ -741,15 +758,7 @@ vm_commit(struct pvm *vm)
 		else
 			vm->img_unsynced = 0;
 	}
-	vm->need_sync = 0;
-	vm->nops = 0;
-	vm->ops_bytes = 0;
-	vm->kicked = 0;
-	for (size_t i = 0; i < n; i++) {
-		free(vm->ops[i].data);
-		if (vm->ops[i].req)
-			nbd_complete(vm->ops[i].req, err);
-	}
+	batch_done(vm, err);
 	if (!err && vm->link)
 		link_wake(vm->link);
 }
@@ -764,18 +773,8 @@ vm_commit(struct pvm *vm)
 static void
 vm_abort_batch(struct pvm *vm, int err)
 {
-	size_t n = vm->nops;
-
 	journal_abort(vm->j);
-	vm->need_sync = 0;
-	vm->nops = 0;
-	vm->ops_bytes = 0;
-	vm->kicked = 0;
-	for (size_t i = 0; i < n; i++) {
-		free(vm->ops[i].data);
-		if (vm->ops[i].req)
-			nbd_complete(vm->ops[i].req, err);
-	}
+	batch_done(vm, err);
 }
 
 /* ------------------------------------------------------------------ */
