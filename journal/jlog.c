@@ -100,14 +100,61 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 	closedir(dh);
 	l->ring = aligned_alloc(JLOG_SLOT, JLOG_RING);
 	l->win = aligned_alloc(JLOG_SLOT, JLOG_WINDOW);
-	if (l->ring == NULL || l->win == NULL)
+	l->pf_buf = aligned_alloc(JLOG_SLOT, JLOG_WINDOW);
+	if (l->ring == NULL || l->win == NULL || l->pf_buf == NULL)
 		return lfail(l, "out of memory");
 	return 0;
+}
+
+/* Wait for the read-ahead in flight; its byte count, or -1. */
+static ssize_t
+pf_finish(struct jlog *l)
+{
+	const struct aiocb *list[1] = { &l->pf };
+	int e;
+
+	if (!l->pf_on)
+		return -1;
+	while ((e = aio_error(&l->pf)) == EINPROGRESS)
+		(void)aio_suspend(list, 1, NULL);
+	l->pf_on = 0;
+	return e == 0 ? aio_return(&l->pf) : (aio_return(&l->pf), -1);
+}
+
+/* Start reading the window at AT (in segment rseg, below TOP) into
+ * pf_buf.  Only whole slots of committed data: they never change. */
+static void
+pf_start(struct jlog *l, uint64_t at, uint64_t top)
+{
+	uint64_t want;
+
+	if (l->rfd < 0 || at >= top || at % JLOG_SLOT ||
+	    at / JLOG_SEG != l->rseg)
+		return;
+	want = top - at;
+	if (want > JLOG_WINDOW)
+		want = JLOG_WINDOW;
+	if (want > JLOG_SEG - at % JLOG_SEG)
+		want = JLOG_SEG - at % JLOG_SEG;
+	want -= want % JLOG_SLOT;
+	if (want == 0)
+		return;
+	memset(&l->pf, 0, sizeof(l->pf));
+	l->pf.aio_fildes = l->rfd;
+	l->pf.aio_buf = l->pf_buf;
+	l->pf.aio_nbytes = want;
+	l->pf.aio_offset = (off_t)(at % JLOG_SEG);
+	l->pf.aio_sigevent.sigev_notify = SIGEV_NONE;
+	if (aio_read(&l->pf) == 0) {
+		l->pf_on = 1;
+		l->pf_at = at;
+	}
 }
 
 void
 jlog_close(struct jlog *l)
 {
+	(void)pf_finish(l);
 	if (l->thr_on) {
 		pthread_mutex_lock(&l->mu);
 		l->stop = 1;
@@ -131,7 +178,8 @@ jlog_close(struct jlog *l)
 	l->wfd = l->wbfd = l->rfd = -1;
 	free(l->ring);
 	free(l->win);
-	l->ring = l->win = NULL;
+	free(l->pf_buf);
+	l->ring = l->win = l->pf_buf = NULL;
 }
 
 /* The writer's segment SEG (around the page cache if DIRECT), created if
@@ -418,6 +466,29 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 			return 0;
 		}
 	}
+	if (l->pf_on && l->rseg == seg && at >= l->pf_at &&
+	    at - l->pf_at < l->pf.aio_nbytes) {
+		/* the read-ahead has it: wait for it, take it as the window
+		 * and start on the next one */
+		uint64_t from = l->pf_at;
+		uint8_t *w;
+
+		got = pf_finish(l);
+		if (got > 0 && (uint64_t)got >= at - from + len) {
+			w = l->win;
+			l->win = l->pf_buf;
+			l->pf_buf = w;
+			l->win_at = from;
+			l->win_len = (size_t)got;
+			*p = l->win + (at - from);
+			pf_start(l, from + (uint64_t)got, top);
+			return 0;
+		}
+		/* short or failed: read it here, which names the cause */
+	}
+	if (l->pf_on && (l->rseg != seg || at > l->pf_at ||
+	    at + jlog_space(len) <= l->pf_at))
+		(void)pf_finish(l);	/* not the way the reader went */
 	if (l->rfd < 0 || l->rseg != seg) {
 		if (l->rfd >= 0)
 			close(l->rfd);
@@ -427,13 +498,14 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 		l->rseg = seg;
 	}
 	/* read ahead up to the head the reader's snapshot knows: those
-	 * slots are committed, and a committed slot never changes */
+	 * slots are committed, and a committed slot never changes.  An
+	 * entry that runs into the read-ahead in flight is read alone. */
 	want = top - at;
 	if (want > JLOG_WINDOW)
 		want = JLOG_WINDOW;
 	if (want > JLOG_SEG - at % JLOG_SEG)
 		want = JLOG_SEG - at % JLOG_SEG;
-	if (want < jlog_space(len))
+	if (want < jlog_space(len) || l->pf_on)
 		want = jlog_space(len);
 	do
 		got = pread(l->rfd, l->win, want, (off_t)(at % JLOG_SEG));
@@ -446,6 +518,8 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 		return rfail(l, "read %s/%016llx at %llu: short (the log lost "
 		    "data)", l->dir, (unsigned long long)seg,
 		    (unsigned long long)(at % JLOG_SEG));
+	if (!l->pf_on)
+		pf_start(l, at + (uint64_t)got, top);
 	l->win_at = at;
 	l->win_len = (size_t)got;
 	*p = l->win;

@@ -30,6 +30,7 @@
 #ifndef REPLICAD_JLOG_H
 #define REPLICAD_JLOG_H
 
+#include <aio.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -68,6 +69,12 @@ struct jlog {
 	uint8_t *win;		/* reader's window [win_at, win_at + win_len) */
 	size_t win_len;
 	uint64_t win_at;
+	/* read-ahead: the window after the last one read from the files,
+	 * read into pf_buf (POSIX AIO) while the caller ships this one */
+	uint8_t *pf_buf;
+	struct aiocb pf;
+	int pf_on;		/* pf is in flight on rfd */
+	uint64_t pf_at;		/* log offset of its first byte */
 	char err[PATH_MAX + 64];	/* the writer's errors */
 	char rerr[PATH_MAX + 64];	/* the reader's */
 	/* the writer's thread; under mu, but for what it alone touches */

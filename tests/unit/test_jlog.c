@@ -369,6 +369,62 @@ first_cb(const struct jentry *e, void *arg)
 
 /* A read that fails (its segment cannot be opened) leaves nothing behind
  * that a later read could take for data. */
+/* Entries of 5 slots less a little (windows end inside them), read back
+ * from the files in steps as the shipper reads (the read-ahead takes the
+ * next window), then again from further back and from the middle. */
+#define RA_LEN	20000u
+#define RA_N	700u		/* 13.4 MiB: a few windows */
+
+static int
+ra_cb(const struct jentry *e, void *arg)
+{
+	struct vctx *v = arg;
+	uint8_t want[RA_LEN];
+
+	memset(want, (int)(e->seq * 13 + 5), sizeof(want));
+	memcpy(want, &e->seq, sizeof(e->seq));
+	if (e->type != JE_WRITE || e->length != RA_LEN ||
+	    memcmp(e->data, want, RA_LEN) != 0)
+		v->bad++;
+	v->n++;
+	return 0;
+}
+
+static uint64_t
+ra_read_steps(struct journal *j, uint64_t from, size_t step)
+{
+	struct vctx v = { 0, 0 };
+	int r;
+
+	while ((r = journal_read(j, from, step, ra_cb, &v)) > 0)
+		from += (uint64_t)r;
+	assert_int_equal(r, 0);
+	assert_int_equal(v.bad, 0);
+	return v.n;
+}
+
+static void
+test_data_log_read_ahead(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t b[RA_LEN];
+
+	assert_int_equal(journal_begin(f->j), 0);
+	for (uint64_t k = 1; k <= RA_N; k++) {
+		memset(b, (int)(k * 13 + 5), sizeof(b));
+		memcpy(b, &k, sizeof(k));
+		append1(f->j, 0, (k - 1) * RA_LEN, RA_LEN, b);
+	}
+	assert_int_equal(journal_commit(f->j), 0);
+	reopen(f);	/* nothing in the ring: every read is from the files */
+	assert_int_equal(ra_read_steps(f->j, 1, 1u << 20), RA_N);
+	assert_int_equal(ra_read_steps(f->j, 1, 64u << 10), RA_N);
+	/* back, then into the middle of a window, then a window back */
+	assert_int_equal(ra_read_steps(f->j, 400, 1u << 20), RA_N - 399);
+	assert_int_equal(ra_read_steps(f->j, 5, 256u << 10), RA_N - 4);
+	assert_int_equal(ra_read_steps(f->j, 250, 1u << 20), RA_N - 249);
+}
+
 static void
 test_data_log_failed_read(void **state)
 {
@@ -486,6 +542,8 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_segments, setup,
 		    teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_read_ahead,
+		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_failed_read,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_bad_ref, setup,
