@@ -401,13 +401,16 @@ pump(struct link *l)
 
 		/* outbound */
 		while (evbuffer_get_length(l->out) > 0) {
-			size_t len = evbuffer_get_length(l->out);
-			uint8_t *p;
+			struct evbuffer_iovec v;
+			size_t len;
 
-			if (len > IO_CHUNK)
-				len = IO_CHUNK;
-			p = evbuffer_pullup(l->out, (ssize_t)len);
-			n = libssh2_channel_write(l->chan, (char *)p, len);
+			/* the first frame's bytes as they lie: a pullup
+			 * across two frames would copy them (libssh2 sends
+			 * one packet a call anyway) */
+			if (evbuffer_peek(l->out, -1, NULL, &v, 1) < 1)
+				break;
+			len = v.iov_len > IO_CHUNK ? IO_CHUNK : v.iov_len;
+			n = libssh2_channel_write(l->chan, v.iov_base, len);
 			if (n == LIBSSH2_ERROR_EAGAIN) {
 				/* the peer's window is shut: the socket is
 				 * not what we wait for */
