@@ -67,6 +67,34 @@ pread_exact(int fd, void *buf, size_t len, uint64_t off)
 }
 
 int
+pread_data(int fd, void *buf, size_t len, uint64_t off)
+{
+	uint8_t *p = buf;
+	uint64_t at = off, end = off + len;
+
+	while (at < end) {
+		off_t d = lseek(fd, (off_t)at, SEEK_DATA), h;
+
+		if (d < 0 && errno == ENXIO)	/* a hole to the end */
+			d = (off_t)end;
+		else if (d < 0)		/* no SEEK_DATA here: read it all */
+			return pread_full(fd, p + (at - off), end - at, at);
+		if ((uint64_t)d > end)
+			d = (off_t)end;
+		memset(p + (at - off), 0, (uint64_t)d - at);
+		if ((uint64_t)d == end)
+			break;
+		if ((h = lseek(fd, d, SEEK_HOLE)) < 0 || (uint64_t)h > end)
+			h = (off_t)end;
+		if (pread_full(fd, p + ((uint64_t)d - off), (size_t)(h - d),
+		    (uint64_t)d) != 0)
+			return -1;
+		at = (uint64_t)h;
+	}
+	return 0;
+}
+
+int
 zero_range(int fd, uint64_t off, uint64_t len)
 {
 	static const uint8_t zeroes[65536];

@@ -17,6 +17,10 @@ int pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 int pread_full(int fd, void *buf, size_t len, uint64_t off);
 /* Read LEN bytes at OFF; the end of the file before them is EIO. */
 int pread_exact(int fd, void *buf, size_t len, uint64_t off);
+/* Read like pread_full, but what the file system reports as holes
+ * (SEEK_DATA, SEEK_HOLE) is zero-filled, not read: no page cache is
+ * filled with zeroes for them.  The caller's file offset moves. */
+int pread_data(int fd, void *buf, size_t len, uint64_t off);
 /* Make a range read as zeroes: punch a hole, or write zeroes where the
  * file system cannot. */
 int zero_range(int fd, uint64_t off, uint64_t len);

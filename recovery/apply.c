@@ -301,7 +301,7 @@ cread_one(void *arg, size_t i)
 	struct cread *r = arg;
 	struct crun *u = &r->runs[i];
 
-	if (pread_full(r->s->fds[u->disk], r->buf + u->at, u->len,
+	if (pread_data(r->s->fds[u->disk], r->buf + u->at, u->len,
 	    u->off) != 0)
 		u->err = errno ? errno : EIO;
 }
