@@ -8,12 +8,13 @@
 #include <zstd.h>
 
 /*
- * One compression and one decompression context, reused: creating them per
- * frame costs more than compressing a small frame.  The daemon is single-
- * threaded; frames are encoded and decoded on its one thread.
+ * One compression and one decompression context per thread, reused:
+ * creating them per frame costs more than compressing a small frame.  The
+ * shipper thread and the main thread (the DR receiver) both encode and
+ * decode frames.
  */
-static ZSTD_CCtx *cctx;
-static ZSTD_DCtx *dctx;
+static __thread ZSTD_CCtx *cctx;
+static __thread ZSTD_DCtx *dctx;
 
 /* Level -1: zstd's fast mode; shipping is CPU-bound before it is
  * wire-bound on a LAN, and a WAN gains most from the first ratio points. */
@@ -89,6 +90,184 @@ frame_encode(const Replication__Msg *m, struct frame_zstd *z, uint8_t **out,
 	*out = buf;
 	*outlen = FRAME_HDR + plen;
 	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* a Writes frame built in place */
+
+#define VARINT_MAX	10
+
+static size_t
+varint_len(uint64_t v)
+{
+	size_t n = 1;
+
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+static uint8_t *
+put_varint(uint8_t *p, uint64_t v)
+{
+	while (v >= 0x80) {
+		*p++ = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	*p++ = (uint8_t)v;
+	return p;
+}
+
+/* Field tags (number << 3 | wire type) of the messages built here. */
+#define TAG_MSG_WRITES		0x2a	/* Msg.writes = 5, length-delimited */
+#define TAG_WRITES_VM		0x0a	/* Writes.vm = 1 */
+#define TAG_WRITES_ENTRY	0x12	/* Writes.entries = 2 */
+#define TAG_ENTRY_SEQ		0x08	/* Entry.seq = 1, varint */
+#define TAG_ENTRY_DISK		0x10
+#define TAG_ENTRY_OFFSET	0x18
+#define TAG_ENTRY_LENGTH	0x20
+#define TAG_ENTRY_ZERO		0x28
+#define TAG_ENTRY_DATA		0x32	/* Entry.data = 6, length-delimited */
+
+int
+frame_writes_init(struct frame_writes *w, const char *vm, size_t hint)
+{
+	size_t vl = strlen(vm);
+
+	memset(w, 0, sizeof(*w));
+	w->vm = vm;
+	/* header, Msg.writes tag and length, Writes.vm */
+	w->head = FRAME_HDR + 1 + VARINT_MAX + 1 + varint_len(vl) + vl;
+	w->cap = w->head + hint + hint / 64 + 256;
+	if ((w->buf = malloc(w->cap)) == NULL)
+		return -1;
+	w->len = w->head;
+	return 0;
+}
+
+int
+frame_writes_add(struct frame_writes *w, const Replication__Entry *e)
+{
+	size_t dl = e->zero ? 0 : e->data.len, el, need;
+	uint8_t *p;
+
+	/* proto3: fields at their default value are left out */
+	el = (e->seq ? 1 + varint_len(e->seq) : 0) +
+	    (e->disk ? 1 + varint_len(e->disk) : 0) +
+	    (e->offset ? 1 + varint_len(e->offset) : 0) +
+	    (e->length ? 1 + varint_len(e->length) : 0) +
+	    (e->zero ? 2 : 0) + (dl ? 1 + varint_len(dl) + dl : 0);
+	need = 1 + varint_len(el) + el;
+	if (w->len - w->head + need > FRAME_MAX - 64)
+		return -1;
+	if (w->len + need > w->cap) {
+		size_t nc = w->cap * 2 > w->len + need ? w->cap * 2 :
+		    w->len + need;
+		uint8_t *nb = realloc(w->buf, nc);
+
+		if (nb == NULL)
+			return -1;
+		w->buf = nb;
+		w->cap = nc;
+	}
+	p = w->buf + w->len;
+	*p++ = TAG_WRITES_ENTRY;
+	p = put_varint(p, el);
+	if (e->seq) {
+		*p++ = TAG_ENTRY_SEQ;
+		p = put_varint(p, e->seq);
+	}
+	if (e->disk) {
+		*p++ = TAG_ENTRY_DISK;
+		p = put_varint(p, e->disk);
+	}
+	if (e->offset) {
+		*p++ = TAG_ENTRY_OFFSET;
+		p = put_varint(p, e->offset);
+	}
+	if (e->length) {
+		*p++ = TAG_ENTRY_LENGTH;
+		p = put_varint(p, e->length);
+	}
+	if (e->zero) {
+		*p++ = TAG_ENTRY_ZERO;
+		*p++ = 1;
+	}
+	if (dl) {
+		*p++ = TAG_ENTRY_DATA;
+		p = put_varint(p, dl);
+		memcpy(p, e->data.data, dl);
+		p += dl;
+	}
+	w->len = (size_t)(p - w->buf);
+	w->nent++;
+	w->data += dl;
+	return 0;
+}
+
+int
+frame_writes_finish(struct frame_writes *w, struct frame_zstd *z,
+    void **base, const uint8_t **frame, size_t *len, char *err,
+    size_t errlen)
+{
+	size_t vl = strlen(w->vm), el = w->len - w->head, wl, plen, pre;
+	uint8_t *f, *p;
+
+	wl = (vl ? 1 + varint_len(vl) + vl : 0) + el;	/* "" is left out */
+	plen = 1 + varint_len(wl) + wl;
+	if (plen > FRAME_MAX) {
+		snprintf(err, errlen, "message of %zu bytes over the %u cap",
+		    plen, FRAME_MAX);
+		return -1;
+	}
+	pre = FRAME_HDR + plen - el;	/* what goes in front */
+	f = w->buf + w->head - pre;
+	p = f + FRAME_HDR;
+	*p++ = TAG_MSG_WRITES;
+	p = put_varint(p, wl);
+	if (vl) {
+		*p++ = TAG_WRITES_VM;
+		p = put_varint(p, vl);
+		memcpy(p, w->vm, vl);
+	}
+	put_hdr(f, (uint32_t)plen, REPLICATION__MSG__BODY_WRITES, 0);
+	if (z != NULL && plen >= 512 && z->skip > 0)
+		z->skip--;
+	else if (z != NULL && plen >= 512) {
+		size_t bound = ZSTD_compressBound(plen), clen = (size_t)-1;
+		uint8_t *c = malloc(FRAME_HDR + bound);
+
+		if (c != NULL && (cctx != NULL ||
+		    (cctx = ZSTD_createCCtx()) != NULL))
+			clen = ZSTD_compressCCtx(cctx, c + FRAME_HDR, bound,
+			    f + FRAME_HDR, plen, FRAME_ZSTD_LEVEL);
+		if (c != NULL && !ZSTD_isError(clen) &&
+		    clen < plen - plen / 16) {
+			put_hdr(c, (uint32_t)clen,
+			    REPLICATION__MSG__BODY_WRITES, FRAME_F_ZSTD);
+			frame_writes_free(w);
+			*base = c;
+			*frame = c;
+			*len = FRAME_HDR + clen;
+			return 0;
+		}
+		free(c);
+		z->skip = FRAME_ZSTD_BACKOFF;	/* not worth it */
+	}
+	*base = w->buf;
+	*frame = f;
+	*len = FRAME_HDR + plen;
+	w->buf = NULL;
+	return 0;
+}
+
+void
+frame_writes_free(struct frame_writes *w)
+{
+	free(w->buf);
+	w->buf = NULL;
 }
 
 int

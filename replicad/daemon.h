@@ -258,6 +258,9 @@ const char *link_state(struct link *l);
 /* Queue a message; returns 0 or -1 (the link is then reset). */
 int link_send(struct link *l, const Replication__Msg *m,
     struct frame_zstd *z);
+/* Queue a Writes frame built in place (taken over); as link_send. */
+int link_send_writes(struct link *l, struct frame_writes *w,
+    struct frame_zstd *z);
 size_t link_queued(struct link *l);
 /* Drop the connection with a reason and reconnect after a backoff. */
 void link_reset(struct link *l, const char *why);
@@ -306,6 +309,10 @@ void control_reply(struct ctl_conn *c, json_t *reply);
 
 /* wire.c: frames over evbuffers */
 int wire_queue(struct evbuffer *out, const Replication__Msg *m,
+    struct frame_zstd *z, char *err, size_t errlen);
+/* Finish W and queue it (the buffer passes to OUT); 0, or -1 with err set
+ * (W is then still the caller's to free). */
+int wire_queue_writes(struct evbuffer *out, struct frame_writes *w,
     struct frame_zstd *z, char *err, size_t errlen);
 /* Decode every whole frame in IN and pass it to fn (which must not free
  * it); returns 0, or -1 with err set on a bad frame or when fn fails. */

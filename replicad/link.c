@@ -600,6 +600,21 @@ link_send(struct link *l, const Replication__Msg *m, struct frame_zstd *z)
 	return 0;
 }
 
+int
+link_send_writes(struct link *l, struct frame_writes *w,
+    struct frame_zstd *z)
+{
+	char err[256];
+
+	if (l->st != L_READY && l->st != L_HELLO)
+		return -1;
+	if (wire_queue_writes(l->out, w, z, err, sizeof(err)) != 0) {
+		link_reset(l, err);
+		return -1;
+	}
+	return 0;
+}
+
 /* Push queued frames out now (called after queueing from outside). */
 void
 link_kick(struct link *l)

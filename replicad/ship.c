@@ -412,11 +412,8 @@ sync_step(struct pvm *vm)
 
 struct batch {
 	struct pvm *vm;
-	Replication__Entry *ents;
-	Replication__Entry **entp;
-	size_t n, cap;
-	uint8_t *data;
-	size_t used, dcap;
+	struct frame_writes w;	/* the entries, encoded as they are read */
+	uint64_t last_seq;	/* of the last entry in w */
 	struct jentry point;
 	int have_point;
 	int oom;
@@ -428,6 +425,7 @@ static int
 collect(const struct jentry *e, void *arg)
 {
 	struct batch *b = arg;
+	Replication__Entry en = REPLICATION__ENTRY__INIT;
 
 	if ((b->stop && e->seq >= b->stop) || e->seq > b->last)
 		return 1;
@@ -436,43 +434,22 @@ collect(const struct jentry *e, void *arg)
 		b->have_point = 1;
 		return 1;
 	}
-	if (b->n == b->cap) {
-		size_t nc = b->cap ? b->cap * 2 : 256;
-		Replication__Entry *ne = realloc(b->ents, nc * sizeof(*ne));
-
-		if (ne == NULL) {
-			b->oom = 1;
-			return 1;
-		}
-		b->ents = ne;
-		b->cap = nc;
-	}
-	if (e->type == JE_WRITE && b->used + e->length > b->dcap) {
-		size_t nc = b->dcap * 2 > b->used + e->length ? b->dcap * 2 :
-		    b->used + e->length;
-		uint8_t *nd = realloc(b->data, nc);
-
-		if (nd == NULL) {
-			b->oom = 1;
-			return 1;
-		}
-		b->data = nd;
-		b->dcap = nc;
-	}
-	replication__entry__init(&b->ents[b->n]);
-	b->ents[b->n].seq = e->seq;
-	b->ents[b->n].disk = e->disk;
-	b->ents[b->n].offset = e->offset;
-	b->ents[b->n].length = e->length;
+	en.seq = e->seq;
+	en.disk = e->disk;
+	en.offset = e->offset;
+	en.length = e->length;
 	if (e->type == JE_WRITE) {
-		memcpy(b->data + b->used, e->data, e->length);
-		/* pointers fixed up after the last realloc */
-		b->ents[b->n].data.len = e->length;
-		b->ents[b->n].data.data = (uint8_t *)(uintptr_t)b->used;
-		b->used += e->length;
+		en.data.data = (uint8_t *)(uintptr_t)e->data;
+		en.data.len = e->length;
 	} else
-		b->ents[b->n].zero = 1;
-	b->n++;
+		en.zero = 1;
+	/* the data is copied from the journal's ring or read window
+	 * straight into the frame */
+	if (frame_writes_add(&b->w, &en) != 0) {
+		b->oom = 1;
+		return 1;
+	}
+	b->last_seq = e->seq;
 	return 0;
 }
 
@@ -486,6 +463,8 @@ stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 	b.vm = vm;
 	b.stop = cb > vm->send_seq ? cb : 0;
 	b.last = last;
+	if (frame_writes_init(&b.w, vm->cfg->name, SHIP_BATCH) != 0)
+		return -1;
 	if (journal_read(vm->j, vm->send_seq, SHIP_BATCH, collect, &b) < 0) {
 		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
 		r = -1;
@@ -495,30 +474,15 @@ stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 		r = -1;
 		goto out;
 	}
-	if (b.n > 0) {
-		Replication__Msg m = REPLICATION__MSG__INIT;
-		Replication__Writes w = REPLICATION__WRITES__INIT;
+	if (b.w.nent > 0) {
+		uint64_t data = b.w.data;
 
-		if ((b.entp = calloc(b.n, sizeof(*b.entp))) == NULL) {
-			r = -1;
+		if ((r = link_send_writes(vm->link, &b.w,
+		    compress_of(vm))) != 0)
 			goto out;
-		}
-		for (size_t i = 0; i < b.n; i++) {
-			if (!b.ents[i].zero)
-				b.ents[i].data.data = b.data +
-				    (uintptr_t)b.ents[i].data.data;
-			b.entp[i] = &b.ents[i];
-		}
-		w.vm = (char *)vm->cfg->name;
-		w.n_entries = b.n;
-		w.entries = b.entp;
-		m.body_case = REPLICATION__MSG__BODY_WRITES;
-		m.writes = &w;
-		if ((r = link_send(vm->link, &m, compress_of(vm))) != 0)
-			goto out;
-		vm->send_seq = b.ents[b.n - 1].seq + 1;
-		vm->bytes_shipped += b.used;
-		vm->data_sent += b.used;
+		vm->send_seq = b.last_seq + 1;
+		vm->bytes_shipped += data;
+		vm->data_sent += data;
 		publish(vm);
 	}
 	if (b.have_point) {
@@ -537,14 +501,12 @@ stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 			goto out;
 		vm->send_seq = b.point.seq + 1;
 	}
-	if (b.n == 0 && !b.have_point)
+	if (b.w.nent == 0 && !b.have_point)
 		/* nothing up to a catch-up's chunks, or up to what was
 		 * last: sequence numbers reserved without entries */
 		vm->send_seq = b.stop ? b.stop : last + 1;
 out:
-	free(b.ents);
-	free(b.entp);
-	free(b.data);
+	frame_writes_free(&b.w);
 	return r;
 }
 

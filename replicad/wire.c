@@ -5,12 +5,30 @@
 
 #include "daemon.h"
 
+/* ARG: the allocation the frame lies in, when it does not start it */
 static void
 free_frame(const void *data, size_t len, void *arg)
 {
 	(void)len;
-	(void)arg;
-	free((void *)data);
+	free(arg ? arg : (void *)data);
+}
+
+int
+wire_queue_writes(struct evbuffer *out, struct frame_writes *w,
+    struct frame_zstd *z, char *err, size_t errlen)
+{
+	const uint8_t *f;
+	void *base;
+	size_t len;
+
+	if (frame_writes_finish(w, z, &base, &f, &len, err, errlen) != 0)
+		return -1;
+	if (evbuffer_add_reference(out, f, len, free_frame, base) != 0) {
+		free(base);
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	return 0;
 }
 
 int
