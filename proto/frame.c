@@ -374,3 +374,12 @@ frame_type_name(unsigned type)
 	return type < sizeof(names) / sizeof(names[0]) ? names[type] :
 	    "unknown";
 }
+
+void
+frame_thread_end(void)
+{
+	ZSTD_freeCCtx(cctx);
+	ZSTD_freeDCtx(dctx);
+	cctx = NULL;
+	dctx = NULL;
+}

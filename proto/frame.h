@@ -84,4 +84,8 @@ Replication__Msg *frame_decode(const uint8_t *frame, size_t len, char *err,
 
 const char *frame_type_name(unsigned type);
 
+/* Free the calling thread's zstd contexts (each thread that encodes or
+ * decodes frames has its own); call before the thread ends. */
+void frame_thread_end(void);
+
 #endif

@@ -107,6 +107,7 @@ shipper(void *arg)
 	struct daemon *d = arg;
 
 	event_base_loop(d->sbase, EVLOOP_NO_EXIT_ON_EMPTY);
+	frame_thread_end();
 	return NULL;
 }
 
@@ -242,6 +243,7 @@ out:
 	event_base_free(d->sbase);
 	event_base_free(d->base);
 	pthread_mutex_destroy(&d->mu);
+	frame_thread_end();
 	libssh2_exit();
 	return rc;
 }
