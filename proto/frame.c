@@ -33,58 +33,62 @@ put_hdr(uint8_t *p, uint32_t len, uint16_t type, uint16_t flags)
 	memcpy(p + 6, &f, 2);
 }
 
+/*
+ * With z, try zstd on the packed payload P (PLEN bytes) of a TYPE frame:
+ * returns a new frame (header included, *outlen set) when compressing
+ * pays, or NULL when the frame goes raw (below 512 bytes, backing off,
+ * not worth it, or no memory for trying).
+ */
+static uint8_t *
+try_zstd(struct frame_zstd *z, const uint8_t *p, size_t plen, uint16_t type,
+    size_t *outlen)
+{
+	size_t bound, clen = (size_t)-1;
+	uint8_t *c;
+
+	if (z == NULL || plen < 512)
+		return NULL;
+	if (z->skip > 0) {
+		z->skip--;
+		return NULL;
+	}
+	bound = ZSTD_compressBound(plen);
+	if ((c = malloc(FRAME_HDR + bound)) != NULL &&
+	    (cctx != NULL || (cctx = ZSTD_createCCtx()) != NULL))
+		clen = ZSTD_compressCCtx(cctx, c + FRAME_HDR, bound, p, plen,
+		    FRAME_ZSTD_LEVEL);
+	if (c != NULL && !ZSTD_isError(clen) && clen < plen - plen / 16) {
+		put_hdr(c, (uint32_t)clen, type, FRAME_F_ZSTD);
+		*outlen = FRAME_HDR + clen;
+		return c;
+	}
+	free(c);
+	z->skip = FRAME_ZSTD_BACKOFF;	/* not worth it: raw for a while */
+	return NULL;
+}
+
 int
 frame_encode(const Replication__Msg *m, struct frame_zstd *z, uint8_t **out,
     size_t *outlen, char *err, size_t errlen)
 {
 	size_t plen = replication__msg__get_packed_size(m);
-	uint8_t *buf;
-	int compress = z != NULL;
+	uint8_t *buf, *c;
 
 	if (plen > FRAME_MAX) {
 		snprintf(err, errlen, "message of %zu bytes over the %u cap",
 		    plen, FRAME_MAX);
 		return -1;
 	}
-	if (compress && plen >= 512 && z->skip > 0) {
-		z->skip--;
-		compress = 0;
+	if ((buf = malloc(FRAME_HDR + plen)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
 	}
-	if (compress && plen >= 512) {
-		uint8_t *raw = malloc(plen);
-		size_t bound = ZSTD_compressBound(plen), clen;
-
-		buf = malloc(FRAME_HDR + bound);
-		if (raw == NULL || buf == NULL) {
-			free(raw);
-			free(buf);
-			snprintf(err, errlen, "out of memory");
-			return -1;
-		}
-		replication__msg__pack(m, raw);
-		if (cctx == NULL && (cctx = ZSTD_createCCtx()) == NULL)
-			clen = (size_t)-1;
-		else
-			clen = ZSTD_compressCCtx(cctx, buf + FRAME_HDR, bound,
-			    raw, plen, FRAME_ZSTD_LEVEL);
-		if (!ZSTD_isError(clen) && clen < plen - plen / 16) {
-			free(raw);
-			put_hdr(buf, clen, m->body_case, FRAME_F_ZSTD);
-			*out = buf;
-			*outlen = FRAME_HDR + clen;
-			return 0;
-		}
-		/* Not worth it: send the packed bytes as they are. */
-		z->skip = FRAME_ZSTD_BACKOFF;
-		memcpy(buf + FRAME_HDR, raw, plen);
-		free(raw);
-	} else {
-		buf = malloc(FRAME_HDR + plen);
-		if (buf == NULL) {
-			snprintf(err, errlen, "out of memory");
-			return -1;
-		}
-		replication__msg__pack(m, buf + FRAME_HDR);
+	replication__msg__pack(m, buf + FRAME_HDR);
+	if ((c = try_zstd(z, buf + FRAME_HDR, plen, m->body_case,
+	    outlen)) != NULL) {
+		free(buf);
+		*out = c;
+		return 0;
 	}
 	put_hdr(buf, plen, m->body_case, 0);
 	*out = buf;
@@ -213,7 +217,7 @@ frame_writes_finish(struct frame_writes *w, struct frame_zstd *z,
     size_t errlen)
 {
 	size_t vl = strlen(w->vm), el = w->len - w->head, wl, plen, pre;
-	uint8_t *f, *p;
+	uint8_t *f, *p, *c;
 
 	wl = (vl ? 1 + varint_len(vl) + vl : 0) + el;	/* "" is left out */
 	plen = 1 + varint_len(wl) + wl;
@@ -232,30 +236,14 @@ frame_writes_finish(struct frame_writes *w, struct frame_zstd *z,
 		p = put_varint(p, vl);
 		memcpy(p, w->vm, vl);
 	}
-	put_hdr(f, (uint32_t)plen, REPLICATION__MSG__BODY_WRITES, 0);
-	if (z != NULL && plen >= 512 && z->skip > 0)
-		z->skip--;
-	else if (z != NULL && plen >= 512) {
-		size_t bound = ZSTD_compressBound(plen), clen = (size_t)-1;
-		uint8_t *c = malloc(FRAME_HDR + bound);
-
-		if (c != NULL && (cctx != NULL ||
-		    (cctx = ZSTD_createCCtx()) != NULL))
-			clen = ZSTD_compressCCtx(cctx, c + FRAME_HDR, bound,
-			    f + FRAME_HDR, plen, FRAME_ZSTD_LEVEL);
-		if (c != NULL && !ZSTD_isError(clen) &&
-		    clen < plen - plen / 16) {
-			put_hdr(c, (uint32_t)clen,
-			    REPLICATION__MSG__BODY_WRITES, FRAME_F_ZSTD);
-			frame_writes_free(w);
-			*base = c;
-			*frame = c;
-			*len = FRAME_HDR + clen;
-			return 0;
-		}
-		free(c);
-		z->skip = FRAME_ZSTD_BACKOFF;	/* not worth it */
+	if ((c = try_zstd(z, f + FRAME_HDR, plen,
+	    REPLICATION__MSG__BODY_WRITES, len)) != NULL) {
+		frame_writes_free(w);
+		*base = c;
+		*frame = c;
+		return 0;
 	}
+	put_hdr(f, (uint32_t)plen, REPLICATION__MSG__BODY_WRITES, 0);
 	*base = w->buf;
 	*frame = f;
 	*len = FRAME_HDR + plen;

@@ -411,7 +411,6 @@ sync_step(struct pvm *vm)
 /* streaming */
 
 struct batch {
-	struct pvm *vm;
 	struct frame_writes w;	/* the entries, encoded as they are read */
 	uint64_t last_seq;	/* of the last entry in w */
 	struct jentry point;
@@ -460,7 +459,6 @@ stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 	int r = 0;
 
 	memset(&b, 0, sizeof(b));
-	b.vm = vm;
 	b.stop = cb > vm->send_seq ? cb : 0;
 	b.last = last;
 	if (frame_writes_init(&b.w, vm->cfg->name, SHIP_BATCH) != 0)

@@ -13,6 +13,20 @@ free_frame(const void *data, size_t len, void *arg)
 	free(arg ? arg : (void *)data);
 }
 
+/* Hand frame F (LEN bytes, lying in BASE when BASE is not NULL) to OUT;
+ * on failure it is freed. */
+static int
+queue_frame(struct evbuffer *out, const uint8_t *f, size_t len, void *base,
+    char *err, size_t errlen)
+{
+	if (evbuffer_add_reference(out, f, len, free_frame, base) != 0) {
+		free(base ? base : (void *)f);
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
 int
 wire_queue_writes(struct evbuffer *out, struct frame_writes *w,
     struct frame_zstd *z, char *err, size_t errlen)
@@ -23,12 +37,7 @@ wire_queue_writes(struct evbuffer *out, struct frame_writes *w,
 
 	if (frame_writes_finish(w, z, &base, &f, &len, err, errlen) != 0)
 		return -1;
-	if (evbuffer_add_reference(out, f, len, free_frame, base) != 0) {
-		free(base);
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	return 0;
+	return queue_frame(out, f, len, base, err, errlen);
 }
 
 int
@@ -40,12 +49,7 @@ wire_queue(struct evbuffer *out, const Replication__Msg *m,
 
 	if (frame_encode(m, z, &buf, &len, err, errlen) != 0)
 		return -1;
-	if (evbuffer_add_reference(out, buf, len, free_frame, NULL) != 0) {
-		free(buf);
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	return 0;
+	return queue_frame(out, buf, len, NULL, err, errlen);
 }
 
 int
