@@ -318,18 +318,9 @@ bench_ssh() {
 	# The cycle alone: written while the DR site is away, shipped (and
 	# applied) when it is back: journal -> SSH -> DR durable point.
 	log "ssh: replicad: the same amount journaled with the DR site down, then shipped"
-	stop_b
-	head -c "$n" /dev/urandom >"$data.2"
-	nbdcopy "$data.2" "$(URI_A)" || die "nbdcopy failed"
-	rm -f "$data.2"
-	# the writing is over before the outage ends: its writeback is not
-	# part of the shipping (the peers run on a quiet disk too)
-	sync
-	start_b
-	for _ in $(seq 600); do
-		[ "$(ra --json status web01 | jget vms 0 state)" = replicating ] && break
-		sleep 0.05
-	done
+	# its writeback is over before the outage ends (the peers run on a
+	# quiet disk too)
+	journal_while_down "$n" || die "writing while the DR site is down failed"
 	t0=$(now)
 	ra_long checkpoint web01 --wait >/dev/null || die "checkpoint --wait failed"
 	t1=$(now)

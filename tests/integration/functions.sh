@@ -171,6 +171,27 @@ wait_sock() {
 }
 
 stop_a() { kill "$A_PID"; wait "$A_PID" || true; A_PID=; }
+# journal_while_down BYTES: BYTES of random data written through site-a's
+# export while site-b is down (journaled, not shipped), written back to
+# disk, then site-b started; returns once web01 is replicating again, the
+# moment the shipping of that journal starts (bench/run.sh, bench/pair.sh)
+journal_while_down() {
+	local _
+	stop_b
+	head -c "$1" /dev/urandom >"$T/outage.data"
+	nbdcopy "$T/outage.data" "$(URI_A)" || { rm -f "$T/outage.data"; return 1; }
+	rm -f "$T/outage.data"
+	# the writing is over before the outage ends: its writeback is not
+	# part of the shipping
+	sync
+	start_b
+	for _ in $(seq 600); do
+		[ "$(ra --json status web01 | jget vms 0 state)" = replicating ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
 stop_b() { kill "$B_PID"; wait "$B_PID" || true; B_PID=; }
 crash_a() { kill -9 "$A_PID"; wait "$A_PID" 2>/dev/null || true; A_PID=; }
 crash_b() { kill -9 "$B_PID"; wait "$B_PID" 2>/dev/null || true; B_PID=; }
