@@ -100,61 +100,88 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 	closedir(dh);
 	l->ring = aligned_alloc(JLOG_SLOT, JLOG_RING);
 	l->win = aligned_alloc(JLOG_SLOT, JLOG_WINDOW);
-	l->pf_buf = aligned_alloc(JLOG_SLOT, JLOG_WINDOW);
-	if (l->ring == NULL || l->win == NULL || l->pf_buf == NULL)
+	if (l->ring == NULL || l->win == NULL)
 		return lfail(l, "out of memory");
+	for (size_t i = 0; i < JLOG_AHEAD; i++)
+		if ((l->pf[i].buf = aligned_alloc(JLOG_SLOT,
+		    JLOG_WINDOW)) == NULL)
+			return lfail(l, "out of memory");
 	return 0;
 }
 
-/* Wait for the read-ahead in flight; its byte count, or -1. */
-static ssize_t
-pf_finish(struct jlog *l)
+/* The read-ahead K places after the oldest. */
+static struct jlog_pf *
+pf_get(struct jlog *l, size_t k)
 {
-	const struct aiocb *list[1] = { &l->pf };
-	int e;
-
-	if (!l->pf_on)
-		return -1;
-	while ((e = aio_error(&l->pf)) == EINPROGRESS)
-		(void)aio_suspend(list, 1, NULL);
-	l->pf_on = 0;
-	return e == 0 ? aio_return(&l->pf) : (aio_return(&l->pf), -1);
+	return &l->pf[(l->pf_first + k) % JLOG_AHEAD];
 }
 
-/* Start reading the window at AT (in segment rseg, below TOP) into
- * pf_buf.  Only whole slots of committed data: they never change. */
-static void
-pf_start(struct jlog *l, uint64_t at, uint64_t top)
+/* Wait for the oldest read-ahead and take it off the queue (*P); its byte
+ * count, or -1. */
+static ssize_t
+pf_take(struct jlog *l, struct jlog_pf **p)
 {
-	uint64_t want;
+	const struct aiocb *list[1];
+	int e;
 
-	if (l->rfd < 0 || at >= top || at % JLOG_SLOT ||
-	    at / JLOG_SEG != l->rseg)
-		return;
-	want = top - at;
-	if (want > JLOG_WINDOW)
-		want = JLOG_WINDOW;
-	if (want > JLOG_SEG - at % JLOG_SEG)
-		want = JLOG_SEG - at % JLOG_SEG;
-	want -= want % JLOG_SLOT;
-	if (want == 0)
-		return;
-	memset(&l->pf, 0, sizeof(l->pf));
-	l->pf.aio_fildes = l->rfd;
-	l->pf.aio_buf = l->pf_buf;
-	l->pf.aio_nbytes = want;
-	l->pf.aio_offset = (off_t)(at % JLOG_SEG);
-	l->pf.aio_sigevent.sigev_notify = SIGEV_NONE;
-	if (aio_read(&l->pf) == 0) {
-		l->pf_on = 1;
-		l->pf_at = at;
+	*p = pf_get(l, 0);
+	list[0] = &(*p)->cb;
+	while ((e = aio_error(&(*p)->cb)) == EINPROGRESS)
+		(void)aio_suspend(list, 1, NULL);
+	l->pf_first = (l->pf_first + 1) % JLOG_AHEAD;
+	l->pf_n--;
+	return e == 0 ? aio_return(&(*p)->cb) : (aio_return(&(*p)->cb), -1);
+}
+
+/* Wait for every read-ahead in flight and forget them. */
+static void
+pf_drop(struct jlog *l)
+{
+	struct jlog_pf *p;
+
+	while (l->pf_n > 0)
+		(void)pf_take(l, &p);
+}
+
+/* Read ahead the windows from AT on (in segment rseg, below TOP) until
+ * JLOG_AHEAD are in flight.  Only whole slots of committed data: they
+ * never change. */
+static void
+pf_fill(struct jlog *l, uint64_t at, uint64_t top)
+{
+	while (l->pf_n < JLOG_AHEAD) {
+		struct jlog_pf *p = pf_get(l, l->pf_n);
+		uint64_t want;
+
+		if (l->rfd < 0 || at >= top || at % JLOG_SLOT ||
+		    at / JLOG_SEG != l->rseg)
+			return;
+		want = top - at;
+		if (want > JLOG_WINDOW)
+			want = JLOG_WINDOW;
+		if (want > JLOG_SEG - at % JLOG_SEG)
+			want = JLOG_SEG - at % JLOG_SEG;
+		want -= want % JLOG_SLOT;
+		if (want == 0)
+			return;
+		memset(&p->cb, 0, sizeof(p->cb));
+		p->cb.aio_fildes = l->rfd;
+		p->cb.aio_buf = p->buf;
+		p->cb.aio_nbytes = want;
+		p->cb.aio_offset = (off_t)(at % JLOG_SEG);
+		p->cb.aio_sigevent.sigev_notify = SIGEV_NONE;
+		if (aio_read(&p->cb) != 0)
+			return;
+		p->at = at;
+		l->pf_n++;
+		at += want;
 	}
 }
 
 void
 jlog_close(struct jlog *l)
 {
-	(void)pf_finish(l);
+	pf_drop(l);
 	if (l->thr_on) {
 		pthread_mutex_lock(&l->mu);
 		l->stop = 1;
@@ -178,8 +205,11 @@ jlog_close(struct jlog *l)
 	l->wfd = l->wbfd = l->rfd = -1;
 	free(l->ring);
 	free(l->win);
-	free(l->pf_buf);
-	l->ring = l->win = l->pf_buf = NULL;
+	l->ring = l->win = NULL;
+	for (size_t i = 0; i < JLOG_AHEAD; i++) {
+		free(l->pf[i].buf);
+		l->pf[i].buf = NULL;
+	}
 }
 
 /* The writer's segment SEG (around the page cache if DIRECT), created if
@@ -466,29 +496,36 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 			return 0;
 		}
 	}
-	if (l->pf_on && l->rseg == seg && at >= l->pf_at &&
-	    at - l->pf_at < l->pf.aio_nbytes) {
-		/* the read-ahead has it: wait for it, take it as the window
-		 * and start on the next one */
-		uint64_t from = l->pf_at;
+	if (l->pf_n > 0 && l->rseg == seg && at >= pf_get(l, 0)->at &&
+	    at - pf_get(l, 0)->at < pf_get(l, 0)->cb.aio_nbytes) {
+		/* the oldest read-ahead has it: wait for it, take it as the
+		 * window and read one more ahead */
+		struct jlog_pf *pf;
+		uint64_t from = pf_get(l, 0)->at;
+		uint64_t next = pf_get(l, l->pf_n - 1)->at +
+		    pf_get(l, l->pf_n - 1)->cb.aio_nbytes;
 		uint8_t *w;
 
-		got = pf_finish(l);
+		got = pf_take(l, &pf);
 		if (got > 0 && (uint64_t)got >= at - from + len) {
 			w = l->win;
-			l->win = l->pf_buf;
-			l->pf_buf = w;
+			l->win = pf->buf;
+			pf->buf = w;
 			l->win_at = from;
 			l->win_len = (size_t)got;
 			*p = l->win + (at - from);
-			pf_start(l, from + (uint64_t)got, top);
+			if ((uint64_t)got == pf->cb.aio_nbytes)
+				pf_fill(l, next, top);
+			else	/* the rest would not join up */
+				pf_drop(l);
 			return 0;
 		}
 		/* short or failed: read it here, which names the cause */
+		pf_drop(l);
 	}
-	if (l->pf_on && (l->rseg != seg || at > l->pf_at ||
-	    at + jlog_space(len) <= l->pf_at))
-		(void)pf_finish(l);	/* not the way the reader went */
+	if (l->pf_n > 0 && (l->rseg != seg || at > pf_get(l, 0)->at ||
+	    at + jlog_space(len) <= pf_get(l, 0)->at))
+		pf_drop(l);	/* not the way the reader went */
 	if (l->rfd < 0 || l->rseg != seg) {
 		if (l->rfd >= 0)
 			close(l->rfd);
@@ -505,7 +542,7 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 		want = JLOG_WINDOW;
 	if (want > JLOG_SEG - at % JLOG_SEG)
 		want = JLOG_SEG - at % JLOG_SEG;
-	if (want < jlog_space(len) || l->pf_on)
+	if (want < jlog_space(len) || l->pf_n > 0)
 		want = jlog_space(len);
 	do
 		got = pread(l->rfd, l->win, want, (off_t)(at % JLOG_SEG));
@@ -518,8 +555,8 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 		return rfail(l, "read %s/%016llx at %llu: short (the log lost "
 		    "data)", l->dir, (unsigned long long)seg,
 		    (unsigned long long)(at % JLOG_SEG));
-	if (!l->pf_on)
-		pf_start(l, at + (uint64_t)got, top);
+	if (l->pf_n == 0)
+		pf_fill(l, at + (uint64_t)got, top);
 	l->win_at = at;
 	l->win_len = (size_t)got;
 	*p = l->win;

@@ -25,7 +25,8 @@
  * The reader (one thread) copies recent data from the ring, checking that
  * the writer did not come round over it meanwhile; older data it reads
  * from the files through a window of up to JLOG_WINDOW bytes, so the
- * entries of a shipping batch cost one read.
+ * entries of a shipping batch cost one read, with the next JLOG_AHEAD
+ * windows of the segment read ahead.
  */
 #ifndef REPLICAD_JLOG_H
 #define REPLICAD_JLOG_H
@@ -43,10 +44,18 @@
 #define JLOG_DIRECT	(1u << 20)	/* writes this large skip the cache */
 #define JLOG_WINDOW	(4u << 20)	/* read at once */
 #define JLOG_RUNS	64		/* runs the thread may have queued */
+#define JLOG_AHEAD	4		/* windows read ahead at most */
 
 struct jlog_run {
 	uint64_t at;
 	size_t len;
+};
+
+/* A window read ahead (POSIX AIO) into buf, from log offset at. */
+struct jlog_pf {
+	struct aiocb cb;
+	uint8_t *buf;
+	uint64_t at;
 };
 
 struct jlog {
@@ -69,12 +78,11 @@ struct jlog {
 	uint8_t *win;		/* reader's window [win_at, win_at + win_len) */
 	size_t win_len;
 	uint64_t win_at;
-	/* read-ahead: the window after the last one read from the files,
-	 * read into pf_buf (POSIX AIO) while the caller ships this one */
-	uint8_t *pf_buf;
-	struct aiocb pf;
-	int pf_on;		/* pf is in flight on rfd */
-	uint64_t pf_at;		/* log offset of its first byte */
+	/* read-ahead: up to JLOG_AHEAD windows after the last one read
+	 * from the files, in flight on rfd in order while the caller ships
+	 * this one (a busy disk delays one read, not the shipping) */
+	struct jlog_pf pf[JLOG_AHEAD];
+	size_t pf_first, pf_n;	/* pf[pf_first] is the oldest */
 	char err[PATH_MAX + 64];	/* the writer's errors */
 	char rerr[PATH_MAX + 64];	/* the reader's */
 	/* the writer's thread; under mu, but for what it alone touches */

@@ -5,6 +5,7 @@
  * mkdtemp directory.
  */
 #include "journal_fx.h"
+#include "jlog.h"
 
 /* The journal's LMDB "log" table, opened behind its back (the journal is
  * closed), in a transaction of FLAGS. */
@@ -425,6 +426,118 @@ test_data_log_read_ahead(void **state)
 	assert_int_equal(ra_read_steps(f->j, 250, 1u << 20), RA_N - 249);
 }
 
+/* Up to JLOG_AHEAD windows in flight: the reader takes them in order,
+ * jumps forward into one of them and back, and crosses into the next
+ * segment, where the read-ahead of the last one ends. */
+#define RAQ_N	4000u		/* 80 MB: past the first segment */
+
+static uint64_t
+raq_read(struct journal *j, uint64_t from, uint64_t upto, size_t step,
+    struct vctx *v)
+{
+	int r;
+
+	while (from <= upto &&
+	    (r = journal_read(j, from, step, ra_cb, v)) > 0)
+		from += (uint64_t)r;
+	assert_int_equal(v->bad, 0);
+	return from;
+}
+
+static void
+test_data_log_read_ahead_queue(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t b[RA_LEN];
+	struct vctx v = { 0, 0 };
+	uint64_t at;
+
+	for (uint64_t k = 1; k <= RAQ_N; k++) {
+		if (k % 500 == 1)
+			assert_int_equal(journal_begin(f->j), 0);
+		memset(b, (int)(k * 13 + 5), sizeof(b));
+		memcpy(b, &k, sizeof(k));
+		append1(f->j, 0, (k - 1) * RA_LEN, RA_LEN, b);
+		if (k % 500 == 0)
+			assert_int_equal(journal_commit(f->j), 0);
+	}
+	reopen(f);	/* every read from the files */
+	/* 3 MiB in 1 MiB batches: the queue is full behind them */
+	at = raq_read(f->j, 1, 150, 1u << 20, &v);
+	/* forward 12 MB, into the third window ahead: the queue goes */
+	at = raq_read(f->j, at + 600, 2000, 1u << 20, &v);
+	/* back 20 MB, then on across the segment boundary to the end */
+	at = raq_read(f->j, at - 1000, RAQ_N, 1u << 20, &v);
+	assert_int_equal(at, RAQ_N + 1);
+	/* small batches: the queue refills many times over */
+	v.n = 0;
+	assert_int_equal(raq_read(f->j, 2500, RAQ_N, 64u << 10, &v),
+	    RAQ_N + 1);
+	assert_int_equal(v.n, RAQ_N - 2499);
+}
+
+/* The read-ahead's depth, on the data log alone: JLOG_AHEAD windows in
+ * flight behind a read from the files, topped up as the reader takes
+ * one, dropped when it goes elsewhere, none past what is written. */
+#define RAD_ENT	65536u
+#define RAD_N	512u		/* 32 MiB: 8 windows */
+
+static void
+rad_read(struct jlog *l, uint64_t k, uint64_t top)
+{
+	const uint8_t *p;
+	uint64_t got;
+
+	assert_int_equal(jlog_read(l, k * RAD_ENT, RAD_ENT, top, &p), 0);
+	memcpy(&got, p, sizeof(got));
+	assert_int_equal(got, k);
+	assert_int_equal(p[RAD_ENT - 1], (uint8_t)(k * 7));
+}
+
+static void
+test_data_log_read_ahead_depth(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t b[RAD_ENT];
+	struct jlog l;
+	char dir[sizeof(f->dir) + 8];
+	uint64_t at, head;
+
+	snprintf(dir, sizeof(dir), "%s/rad", f->dir);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	memset(&l, 0, sizeof(l));
+	assert_int_equal(jlog_open(&l, dir, 0), 0);
+	for (uint64_t k = 0; k < RAD_N; k++) {
+		memcpy(b, &k, sizeof(k));
+		b[RAD_ENT - 1] = (uint8_t)(k * 7);
+		assert_int_equal(jlog_append(&l, b, RAD_ENT, &at), 0);
+		assert_int_equal(at, k * RAD_ENT);
+	}
+	assert_int_equal(jlog_flush(&l), 0);
+	jlog_committed(&l);
+	head = l.head;
+	assert_int_equal(head, (uint64_t)RAD_N * RAD_ENT);
+	jlog_close(&l);
+	memset(&l, 0, sizeof(l));
+	assert_int_equal(jlog_open(&l, dir, head), 0);	/* ring empty */
+
+	rad_read(&l, 0, head);
+	assert_int_equal(l.pf_n, JLOG_AHEAD);
+	rad_read(&l, 1, head);		/* in the window: nothing moves */
+	assert_int_equal(l.pf_n, JLOG_AHEAD);
+	rad_read(&l, JLOG_WINDOW / RAD_ENT, head);	/* the oldest taken */
+	assert_int_equal(l.pf_n, JLOG_AHEAD);
+	assert_int_equal(l.win_at, JLOG_WINDOW);
+	rad_read(&l, 2, head);		/* back: dropped, read, refilled */
+	assert_int_equal(l.pf_n, JLOG_AHEAD);
+	rad_read(&l, RAD_N - 1, head);	/* forward past them: dropped */
+	assert_int_equal(l.pf_n, 0);	/* nothing written after it */
+	for (uint64_t k = 0; k < RAD_N; k++)	/* all of it, in order */
+		rad_read(&l, k, head);
+	assert_int_equal(l.pf_n, 0);
+	jlog_close(&l);
+}
+
 static void
 test_data_log_failed_read(void **state)
 {
@@ -543,6 +656,10 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_data_log_segments, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_read_ahead,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_read_ahead_queue,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_data_log_read_ahead_depth,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_failed_read,
 		    setup, teardown),
