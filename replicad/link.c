@@ -31,6 +31,7 @@
 #define BACKOFF_MIN	500
 #define BACKOFF_MAX	30000
 #define CHAN_WINDOW	(16u << 20)
+#define TX_MAX		(256u << 10)	/* SSH packets gathered per send(2) */
 
 enum lstate {
 	L_IDLE,		/* waiting for the backoff timer */
@@ -56,6 +57,12 @@ struct link {
 	int backoff_ms;
 	char why[256];		/* last failure, for status */
 	uint8_t *iobuf;
+	/* libssh2 hands each SSH packet (32 KiB of channel data at most) to
+	 * tx_send, which gathers them here: one send(2) and one wake-up of
+	 * the peer's sshd for several packets.  Flushed before the event
+	 * loop waits (link_step) and whenever it is full. */
+	uint8_t *txbuf;
+	size_t txoff, txlen;	/* [txoff, txlen) waits to be sent */
 	int ready;		/* atomic: st == L_READY, for other threads */
 	int wake_pending;	/* atomic: a wake is on its way */
 };
@@ -122,6 +129,7 @@ teardown(struct link *l)
 		libssh2_session_free(l->sess);
 		l->sess = NULL;
 	}
+	l->txoff = l->txlen = 0;	/* the frees' packets, never sent */
 	if (l->ev_rd) {
 		event_free(l->ev_rd);
 		l->ev_rd = NULL;
@@ -184,11 +192,71 @@ arm(struct link *l)
 	event_add(l->ev_rd, NULL);
 	dir = l->sess ? libssh2_session_block_directions(l->sess) : 0;
 	if (l->st == L_CONNECT || (dir & LIBSSH2_SESSION_BLOCK_OUTBOUND) ||
+	    l->txlen > l->txoff ||
 	    (l->st == L_READY && evbuffer_get_length(l->out) > 0 &&
 	    (dir & LIBSSH2_SESSION_BLOCK_OUTBOUND)))
 		event_add(l->ev_wr, NULL);
 	else
 		event_del(l->ev_wr);
+}
+
+/* Send what tx_send gathered, as far as the socket takes it: 0 once all
+ * is sent, 1 when the socket is full, -1 on an error (errno). */
+static int
+tx_flush(struct link *l)
+{
+	while (l->txoff < l->txlen) {
+		ssize_t n = send(l->fd, l->txbuf + l->txoff,
+		    l->txlen - l->txoff, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return 1;
+		if (n < 0)
+			return -1;
+		l->txoff += (size_t)n;
+	}
+	l->txoff = l->txlen = 0;
+	return 0;
+}
+
+/*
+ * libssh2's send: the packet is taken into txbuf (libssh2 counts it sent),
+ * sending what waits first when it does not fit.  -EAGAIN while the
+ * socket cannot take what waits: libssh2 keeps the packet and says it
+ * blocks outbound, which arm() waits on.
+ */
+static LIBSSH2_SEND_FUNC(tx_send)
+{
+	struct link *l = *abstract;
+
+	(void)socket;
+	(void)flags;
+	if (l->txlen + length > TX_MAX) {
+		if (tx_flush(l) < 0)
+			return -errno;
+		if (l->txoff > 0) {
+			memmove(l->txbuf, l->txbuf + l->txoff,
+			    l->txlen - l->txoff);
+			l->txlen -= l->txoff;
+			l->txoff = 0;
+		}
+		if (l->txlen + length > TX_MAX) {
+			ssize_t n;
+
+			if (l->txlen > 0)
+				return -EAGAIN;
+			/* larger than the buffer: straight out */
+			do
+				n = send(l->fd, buffer, length, MSG_NOSIGNAL);
+			while (n < 0 && errno == EINTR);
+			return n < 0 ? -errno : n;
+		}
+	}
+	memcpy(l->txbuf + l->txlen, buffer, length);
+	l->txlen += length;
+	return (ssize_t)length;
 }
 
 static void
@@ -516,12 +584,15 @@ link_step(struct link *l)
 			link_reset(l, buf);
 			return;
 		}
-		if ((l->sess = libssh2_session_init()) == NULL) {
+		if ((l->sess = libssh2_session_init_ex(NULL, NULL, NULL,
+		    l)) == NULL) {
 			link_reset(l, "cannot create an SSH session");
 			return;
 		}
 		libssh2_session_set_blocking(l->sess, 0);
 		libssh2_keepalive_config(l->sess, 0, 15);
+		libssh2_session_callback_set(l->sess, LIBSSH2_CALLBACK_SEND,
+		    (void *)tx_send);
 		l->st = L_HANDSHAKE;
 		/* FALLTHROUGH */
 	case L_HANDSHAKE:
@@ -580,6 +651,14 @@ link_step(struct link *l)
 		if (l->fd < 0)
 			return;
 		break;
+	}
+	/* what libssh2 handed over goes out before the loop waits */
+	if (l->fd >= 0 && tx_flush(l) < 0) {
+		char buf[320];
+
+		snprintf(buf, sizeof(buf), "send: %s", strerror(errno));
+		link_reset(l, buf);
+		return;
 	}
 	arm(l);
 	if (l->st != before)
@@ -691,10 +770,12 @@ link_new(struct daemon *d, const struct cfg_peer *peer)
 	l->out = evbuffer_new();
 	l->in = evbuffer_new();
 	l->iobuf = malloc(IO_CHUNK);
+	l->txbuf = malloc(TX_MAX);
 	l->ev_timer = evtimer_new(d->sbase, timer_cb, l);
 	l->ev_wake = event_new(d->sbase, -1, 0, wake_cb, l);
 	l->ev_later = evtimer_new(d->sbase, later_cb, l);
 	if (l->out == NULL || l->in == NULL || l->iobuf == NULL ||
+	    l->txbuf == NULL ||
 	    l->ev_timer == NULL || l->ev_wake == NULL || l->ev_later == NULL) {
 		link_free(l);
 		return NULL;
@@ -725,5 +806,6 @@ link_free(struct link *l)
 	if (l->in)
 		evbuffer_free(l->in);
 	free(l->iobuf);
+	free(l->txbuf);
 	free(l);
 }
