@@ -15,7 +15,7 @@
 
 static int precapture(struct store *s, const struct jentry *e, size_t n);
 static int mem_flush(struct store *s);
-static int mem_flush_start(struct store *s);
+static int mem_flush_start(struct store *s, int sync);
 static int images_durable(struct store *s);
 
 static int
@@ -41,7 +41,7 @@ mem_add(struct store *s, const struct jentry *e)
 
 	if (e->type == JE_WRITE && m->n > 0 &&
 	    m->used + e->length > CHUNK_BYTES) {
-		if (mem_flush_start(s) != 0)
+		if (mem_flush_start(s, 0) != 0)
 			return -1;
 		m = &s->mc[s->mcur];
 	}
@@ -186,6 +186,7 @@ images_durable(struct store *s)
 		s->ahead_dur = wasb;
 		return -1;
 	}
+	s->dur_news = 1;
 	return 0;
 }
 
@@ -200,8 +201,33 @@ store_stage_sync(struct store *s, uint64_t *seq)
 		return sfail(s, "stage: %s", journal_error(s->stage));
 	if (images_durable(s) != 0)
 		return -1;
+	s->dur_news = 0;
 	*seq = store_held_seq(s);
 	return 0;
+}
+
+int
+store_sync_start(struct store *s)
+{
+	if (s->gap)
+		return gap_error(s);
+	if (s->mc[s->mcur].n == 0)
+		return 0;
+	return mem_flush_start(s, 1) == 0 ? 1 : -1;
+}
+
+int
+store_sync_poll(struct store *s, uint64_t *seq)
+{
+	if (s->fl_m != NULL &&
+	    __atomic_load_n(&s->fl_done, __ATOMIC_ACQUIRE) &&
+	    mem_wait(s) != 0)
+		return -1;
+	if (!s->dur_news)
+		return 0;
+	s->dur_news = 0;
+	*seq = store_held_seq(s);
+	return 1;
 }
 
 void
@@ -556,13 +582,27 @@ apply_mem(struct store *s, const struct memchunk *m)
 	return apply_chunk(s, &c);
 }
 
+/* Apply the chunk handed over and, if asked, make the images durable:
+ * every chunk before it was applied before it, so they then hold every
+ * entry up to its last durably. */
+static void
+flush_job(struct store *s)
+{
+	s->fl_rc = apply_mem(s, s->fl_m);
+	if (s->fl_rc == 0 && s->fl_sync && sync_disks(s) != 0) {
+		s->fl_rc = -1;
+		s->fl_lost = 1;
+	}
+	__atomic_store_n(&s->fl_done, 1, __ATOMIC_RELEASE);
+}
+
 static void *
 flusher(void *arg)
 {
 	struct store *s = arg;
 
 	in_flusher = 1;
-	s->fl_rc = apply_mem(s, s->fl_m);
+	flush_job(s);
 	return NULL;
 }
 
@@ -593,18 +633,34 @@ mem_wait(struct store *s)
 		snprintf(s->err, sizeof(s->err), "%s", s->fl_err);
 		mem_drop(s);
 		s->gap = 1;
+		if (s->fl_lost)	/* applied before it but not durable */
+			(void)images_lost(s);
 		return -1;
 	}
 	s->img_seq = m->e[m->n - 1].seq;
 	s->ahead_bytes += m->used;
 	m->n = m->used = 0;
+	if (s->fl_sync) {
+		/* the flusher synced the images: record it, as
+		 * images_durable does */
+		uint64_t was = s->img_dur, wasb = s->ahead_dur;
+
+		s->img_dur = s->img_seq;
+		s->ahead_dur = s->ahead_bytes;
+		if (commit_info(s) != 0) {
+			s->img_dur = was;
+			s->ahead_dur = wasb;
+			return -1;
+		}
+		s->dur_news = 1;
+	}
 	return 0;
 }
 
 /* Hand the chunk being filled to the flusher, once the one before it is
- * applied. */
+ * applied; with SYNC, the flusher syncs the images after it. */
 static int
-mem_flush_start(struct store *s)
+mem_flush_start(struct store *s, int sync)
 {
 	struct memchunk *m = &s->mc[s->mcur];
 
@@ -614,13 +670,18 @@ mem_flush_start(struct store *s)
 		return -1;
 	s->fl_m = m;
 	s->fl_rc = 0;
+	s->fl_sync = sync;
+	s->fl_lost = 0;
+	s->fl_done = 0;
 	s->fl_err[0] = '\0';
 	s->mcur = !s->mcur;
 	if (pthread_create(&s->fl_th, NULL, flusher, s) == 0) {
 		s->fl_joinable = 1;
-	} else if ((s->fl_rc = apply_mem(s, m)) != 0) {
-		/* no thread: applied here, the error is in s->err */
-		snprintf(s->fl_err, sizeof(s->fl_err), "%s", s->err);
+	} else {
+		/* no thread: applied here, an error is in s->err */
+		flush_job(s);
+		if (s->fl_rc != 0)
+			snprintf(s->fl_err, sizeof(s->fl_err), "%s", s->err);
 	}
 	return 0;
 }
@@ -629,7 +690,7 @@ mem_flush_start(struct store *s)
 static int
 mem_flush(struct store *s)
 {
-	if (mem_flush_start(s) != 0)
+	if (mem_flush_start(s, 0) != 0)
 		return -1;
 	return mem_wait(s);
 }

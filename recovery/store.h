@@ -115,6 +115,18 @@ int store_stage(struct store *s, const struct jentry *e, size_t n);
 void store_resume(struct store *s);
 /* Make staged entries durable; returns the highest staged seq. */
 int store_stage_sync(struct store *s, uint64_t *seq);
+/*
+ * Start making what is held now durable without waiting: the entries held
+ * in memory go to the flusher thread, which syncs the images once it has
+ * applied them.  Returns 1 if started (store_sync_poll tells when it is
+ * done), 0 if nothing is held in memory (store_stage_sync is the way
+ * then), -1 on error.
+ */
+int store_sync_start(struct store *s);
+/* Without waiting: 1 and *SEQ (as store_stage_sync gives it) if the
+ * durable mark moved since the last store_stage_sync or store_sync_poll,
+ * 0 if not, -1 on error. */
+int store_sync_poll(struct store *s, uint64_t *seq);
 /* Apply every staged complete point (unless failed over).  Returns the
  * number of points applied or -1. */
 int store_apply(struct store *s);

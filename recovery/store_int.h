@@ -67,6 +67,10 @@ struct store {
 	struct memchunk *fl_m;	/* the chunk being applied, or NULL */
 	pthread_t fl_th;
 	int fl_joinable, fl_rc;
+	int fl_sync;		/* the flusher syncs the images after it */
+	int fl_lost;		/* that sync failed */
+	int fl_done;		/* the flusher is done (atomic) */
+	int dur_news;		/* img_dur moved since the last ack's look */
 	char fl_err[512];	/* the flusher's error */
 	uint32_t cur_disk;	/* initial copy cursor, not yet durable */
 	uint64_t cur_off, cur_base;

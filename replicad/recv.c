@@ -243,30 +243,74 @@ send_error(struct rconn *c, const char *vm, const char *fmt, ...)
 
 static void refuse(struct rconn *c, struct ann *an);
 
-/* Acknowledge what is durable; when that fails, refuse the VM, so that
- * the primary announces it again and sends what was not taken. */
 static void
-send_ack(struct rconn *c, struct ann *an)
+ack_seq(struct rconn *c, struct ann *an, uint64_t seq)
 {
 	Replication__Msg m = REPLICATION__MSG__INIT;
 	Replication__Ack a = REPLICATION__ACK__INIT;
 	struct rvm *r = an->r;
 	struct store_info si;
-	uint64_t seq;
 
-	if (store_stage_sync(r->store, &seq) != 0) {
-		log_warnx("replica %s: %s", r->name, store_error(r->store));
-		refuse(c, an);
-		return;
-	}
 	store_info(r->store, &si);
-	r->unsynced = 0;
 	a.vm = r->name;
 	a.seq = seq;
 	a.point = si.last_point;
 	m.body_case = REPLICATION__MSG__BODY_ACK;
 	m.ack = &a;
 	send_msg(c, &m);
+}
+
+/* Acknowledge what is durable; when that fails, refuse the VM, so that
+ * the primary announces it again and sends what was not taken. */
+static void
+send_ack(struct rconn *c, struct ann *an)
+{
+	uint64_t seq;
+
+	if (store_stage_sync(an->r->store, &seq) != 0) {
+		log_warnx("replica %s: %s", an->r->name,
+		    store_error(an->r->store));
+		refuse(c, an);
+		return;
+	}
+	an->r->unsynced = 0;
+	ack_seq(c, an, seq);
+}
+
+/* Acknowledge what the flusher made durable meanwhile, if anything. */
+static void
+ack_if_durable(struct rconn *c, struct ann *an)
+{
+	uint64_t seq;
+	int r = store_sync_poll(an->r->store, &seq);
+
+	if (r < 0) {
+		log_warnx("replica %s: %s", an->r->name,
+		    store_error(an->r->store));
+		refuse(c, an);
+	} else if (r > 0)
+		ack_seq(c, an, seq);
+}
+
+/*
+ * Enough arrived since the last ack: have it made durable.  The flusher
+ * syncs the images behind what it applies while this loop takes in the
+ * next entries (the ack goes when it is done); what is staged instead is
+ * synced here.
+ */
+static void
+sync_soon(struct rconn *c, struct ann *an)
+{
+	int r = store_sync_start(an->r->store);
+
+	if (r < 0) {
+		log_warnx("replica %s: %s", an->r->name,
+		    store_error(an->r->store));
+		refuse(c, an);
+	} else if (r == 0)
+		send_ack(c, an);
+	else
+		an->r->unsynced = 0;
 }
 
 static struct ann *
@@ -492,7 +536,9 @@ on_entries(struct rconn *c, struct ann *an, Replication__Entry **ents,
 	if (!an->refused)
 		an->r->unsynced += bytes;
 	if (!sync && !an->refused && an->r->unsynced >= ACK_BYTES)
-		send_ack(c, an);
+		sync_soon(c, an);
+	if (!sync && !an->refused)
+		ack_if_durable(c, an);
 	return 0;
 }
 
@@ -705,11 +751,15 @@ recv_tick(struct daemon *d, int64_t now)
 				log_warnx("replica %s: %s", r->name,
 				    store_error(r->store));
 			r->unsynced = 0;
-		} else if (r->conn && r->unsynced > 0) {
+		} else if (r->conn) {
 			struct ann *an = find_ann(r->conn, r->name);
 
-			if (an != NULL && !an->refused)
+			if (an == NULL || an->refused)
+				continue;
+			if (r->unsynced > 0)
 				send_ack(r->conn, an);
+			else
+				ack_if_durable(r->conn, an);
 		}
 	}
 }

@@ -136,6 +136,29 @@ mdb_drop(MDB_txn *txn, MDB_dbi dbi, int del)
 	return real(txn, dbi, del);
 }
 
+/* Fault injection: the next fdatasync of one of these descriptors (the
+ * images') fails with EIO, once. */
+static int sync_fail_fd[NDISKS] = { -1, -1 };
+
+int
+fdatasync(int fd)
+{
+	static int (*real)(int);
+
+	if (real == NULL)
+		*(void **)&real = dlsym(RTLD_NEXT, "fdatasync");
+	for (int d = 0; d < NDISKS; d++) {
+		int want = fd;
+
+		if (fd >= 0 && __atomic_compare_exchange_n(&sync_fail_fd[d],
+		    &want, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+			errno = EIO;
+			return -1;
+		}
+	}
+	return real(fd);
+}
+
 /* Bytes the undo log's segments hold on disk, and how many there are. */
 static uint64_t
 undo_alloc(struct fx *f, int *nseg)
@@ -1207,6 +1230,98 @@ test_ahead_chunks(void **state)
 	check_all_points(f, "after several chunks");
 }
 
+/* Until the flusher's sync is over: store_sync_poll's answer. */
+static int
+poll_durable(struct fx *f, uint64_t *seq)
+{
+	int r = 0;
+
+	for (int i = 0; i < 10000 && r == 0; i++) {
+		if ((r = store_sync_poll(f->s, seq)) == 0)
+			usleep(1000);
+	}
+	assert_int_not_equal(r, 0);
+	return r;
+}
+
+/*
+ * Acknowledging without holding up the receiver: the flusher syncs the
+ * images behind the chunk it applies (store_sync_start) while more
+ * entries arrive; the durable mark moves once it is done
+ * (store_sync_poll), survives a crash, and a failed sync moves nothing.
+ */
+static void
+test_sync_behind(void **state)
+{
+	struct fx *f = *state;
+	struct batch a = { .n = 0 }, b = { .n = 0 }, c = { .n = 0 };
+	struct batch p = { .n = 0 };
+	uint8_t *after_a[NDISKS];
+	uint64_t held, mid, before_c;
+
+	initial_sync(f);
+	interval(f, T0);
+	interval(f, T0 + 1);
+	CHECK(store_stage_sync(f->s, &held));	/* the points' ack */
+	assert_int_equal(store_sync_poll(f->s, &held), 0);
+	/* nothing in memory: the caller syncs the way it always did */
+	assert_int_equal(store_sync_start(f->s), 0);
+	gen_entries(f, &a, 30);
+	CHECK(store_stage(f->s, a.e, a.n));
+	mid = f->seq;
+	for (int d = 0; d < NDISKS; d++) {
+		after_a[d] = malloc(disk_size[d]);
+		assert_non_null(after_a[d]);
+		memcpy(after_a[d], f->pending[d], disk_size[d]);
+	}
+	assert_int_equal(store_sync_start(f->s), 1);
+	/* more arrive while the flusher applies and syncs */
+	gen_entries(f, &b, 30);
+	CHECK(store_stage(f->s, b.e, b.n));
+	assert_int_equal(poll_durable(f, &held), 1);
+	assert_int_equal(held, mid);
+	assert_int_equal(store_held_seq(f->s), mid);
+	assert_int_equal(store_sync_poll(f->s, &held), 0);	/* said once */
+	/* a crash now keeps what was acknowledged, not what came after */
+	reopen(f);
+	assert_int_equal(store_held_seq(f->s), mid);
+	check_images(f, after_a, "a crash after a sync behind the receiver");
+	CHECK(store_stage(f->s, b.e, b.n));	/* sent again */
+	assert_int_equal(store_sync_start(f->s), 1);
+	assert_int_equal(poll_durable(f, &held), 1);
+	assert_int_equal(held, f->seq);
+	check_images(f, f->pending, "synced behind the receiver");
+	/* the flusher's sync fails: nothing more is durable, later entries
+	 * are refused until the primary resumes after what is */
+	before_c = f->seq;
+	gen_entries(f, &c, 30);
+	CHECK(store_stage(f->s, c.e, c.n));
+	__atomic_store_n(&sync_fail_fd[0], f->s->fds[0], __ATOMIC_RELEASE);
+	assert_int_equal(store_sync_start(f->s), 1);
+	assert_int_equal(poll_durable(f, &held), -1);
+	assert_non_null(strstr(store_error(f->s), "sync"));
+	assert_int_equal(store_held_seq(f->s), before_c);
+	assert_int_equal(store_stage(f->s, c.e, c.n), -1);
+	assert_non_null(strstr(store_error(f->s), "must come again"));
+	store_resume(f->s);
+	CHECK(store_stage_sync(f->s, &held));
+	assert_int_equal(held, before_c);
+	CHECK(store_stage(f->s, c.e, c.n));
+	gen_point(f, &p, T0 + 2);
+	CHECK(store_stage(f->s, p.e, p.n));
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	check_point(f, 3, "the point after a failed sync");
+	for (int d = 0; d < NDISKS; d++)
+		free(after_a[d]);
+	batch_free(&a);
+	batch_free(&b);
+	batch_free(&c);
+	batch_free(&p);
+	reopen(f);
+	check_all_points(f, "after syncs behind the receiver");
+}
+
 int
 main(void)
 {
@@ -1231,6 +1346,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_ahead_bytes, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_ahead_chunks, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_sync_behind, setup,
 		    teardown),
 	};
 
