@@ -560,7 +560,10 @@ apply_chunk(struct store *s, const struct chunk *c)
 	if (s->info.last_point &&
 	    capture_undo(s, c, s->info.last_point, 1) != 0)
 		return -1;
-	return write_chunk(s, c);
+	if (write_chunk(s, c) != 0)
+		return -1;
+	start_writeback(s);
+	return 0;
 }
 
 /*

@@ -254,6 +254,14 @@ zero_disk(struct store *s, uint32_t disk, uint64_t off, uint64_t len)
 	return 0;
 }
 
+void
+start_writeback(struct store *s)
+{
+	/* errors show at the sync that follows */
+	for (size_t i = 0; i < s->info.ndisks; i++)
+		(void)sync_file_range(s->fds[i], 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+
 int
 sync_disks(struct store *s)
 {

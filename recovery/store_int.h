@@ -109,6 +109,8 @@ int sfail(struct store *s, const char *fmt, ...)
 int save_info(struct store *s, MDB_txn *txn);
 int commit_info(struct store *s);
 int sync_disks(struct store *s);
+/* Start writing the images' dirty pages back, without waiting. */
+void start_writeback(struct store *s);
 int pwrite_all(struct store *s, uint32_t disk, uint64_t off,
     const void *data, size_t len);
 size_t br_prefix(uint8_t *key, const uint8_t *pre, size_t plen,
