@@ -65,7 +65,7 @@ jlog_open(struct jlog *l, const char *dir, uint64_t head)
 	struct dirent *de;
 	int n = snprintf(l->dir, sizeof(l->dir), "%s/data", dir);
 
-	l->wfd = l->wbfd = l->rfd = -1;
+	l->wfd = l->wbfd = l->rfd = l->nfd = -1;
 	l->wseg = l->rseg = UINT64_MAX;
 	pthread_mutex_init(&l->mu, NULL);
 	pthread_cond_init(&l->work, NULL);
@@ -141,20 +141,34 @@ pf_drop(struct jlog *l)
 
 	while (l->pf_n > 0)
 		(void)pf_take(l, &p);
+	if (l->nfd >= 0)
+		close(l->nfd);
+	l->nfd = -1;
 }
 
-/* Read ahead the windows from AT on (in segment rseg, below TOP) until
- * JLOG_AHEAD are in flight.  Only whole slots of committed data: they
- * never change. */
+/* Read ahead the windows from AT on (in segment rseg or the one after it,
+ * below TOP) until JLOG_AHEAD are in flight.  Only whole slots of
+ * committed data: they never change. */
 static void
 pf_fill(struct jlog *l, uint64_t at, uint64_t top)
 {
 	while (l->pf_n < JLOG_AHEAD) {
 		struct jlog_pf *p = pf_get(l, l->pf_n);
-		uint64_t want;
+		uint64_t want, seg = at / JLOG_SEG;
+		int fd = l->rfd;
 
-		if (l->rfd < 0 || at >= top || at % JLOG_SLOT ||
-		    at / JLOG_SEG != l->rseg)
+		if (l->rfd < 0 || at >= top || at % JLOG_SLOT)
+			return;
+		if (seg == l->rseg + 1) {
+			if (l->nfd < 0) {
+				char path[sizeof(l->dir) + 20];
+
+				seg_path(l, seg, path, sizeof(path));
+				if ((l->nfd = open_direct(path, O_RDONLY)) < 0)
+					return;	/* a read here names why */
+			}
+			fd = l->nfd;
+		} else if (seg != l->rseg)
 			return;
 		want = top - at;
 		if (want > JLOG_WINDOW)
@@ -165,7 +179,7 @@ pf_fill(struct jlog *l, uint64_t at, uint64_t top)
 		if (want == 0)
 			return;
 		memset(&p->cb, 0, sizeof(p->cb));
-		p->cb.aio_fildes = l->rfd;
+		p->cb.aio_fildes = fd;
 		p->cb.aio_buf = p->buf;
 		p->cb.aio_nbytes = want;
 		p->cb.aio_offset = (off_t)(at % JLOG_SEG);
@@ -496,7 +510,7 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 			return 0;
 		}
 	}
-	if (l->pf_n > 0 && l->rseg == seg && at >= pf_get(l, 0)->at &&
+	if (l->pf_n > 0 && at >= pf_get(l, 0)->at &&
 	    at - pf_get(l, 0)->at < pf_get(l, 0)->cb.aio_nbytes) {
 		/* the oldest read-ahead has it: wait for it, take it as the
 		 * window and read one more ahead */
@@ -507,6 +521,14 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 		uint8_t *w;
 
 		got = pf_take(l, &pf);
+		if (seg != l->rseg) {
+			/* into the next segment: what is left of the queue
+			 * is there too */
+			close(l->rfd);
+			l->rfd = l->nfd;
+			l->nfd = -1;
+			l->rseg = seg;
+		}
 		if (got > 0 && (uint64_t)got >= at - from + len) {
 			w = l->win;
 			l->win = pf->buf;
@@ -523,7 +545,7 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 		/* short or failed: read it here, which names the cause */
 		pf_drop(l);
 	}
-	if (l->pf_n > 0 && (l->rseg != seg || at > pf_get(l, 0)->at ||
+	if (l->pf_n > 0 && (at > pf_get(l, 0)->at ||
 	    at + jlog_space(len) <= pf_get(l, 0)->at))
 		pf_drop(l);	/* not the way the reader went */
 	if (l->rfd < 0 || l->rseg != seg) {

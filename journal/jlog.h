@@ -26,7 +26,7 @@
  * the writer did not come round over it meanwhile; older data it reads
  * from the files through a window of up to JLOG_WINDOW bytes, so the
  * entries of a shipping batch cost one read, with the next JLOG_AHEAD
- * windows of the segment read ahead.
+ * windows read ahead (into the next segment too).
  */
 #ifndef REPLICAD_JLOG_H
 #define REPLICAD_JLOG_H
@@ -75,6 +75,7 @@ struct jlog {
 	uint64_t st_at;
 	int rfd;		/* reader's segment */
 	uint64_t rseg;
+	int nfd;		/* the segment after it, read ahead into */
 	uint8_t *win;		/* reader's window [win_at, win_at + win_len) */
 	size_t win_len;
 	uint64_t win_at;

@@ -478,9 +478,11 @@ test_data_log_read_ahead_queue(void **state)
 
 /* The read-ahead's depth, on the data log alone: JLOG_AHEAD windows in
  * flight behind a read from the files, topped up as the reader takes
- * one, dropped when it goes elsewhere, none past what is written. */
+ * one, on into the next segment, dropped when the reader goes elsewhere,
+ * none past what is written. */
 #define RAD_ENT	65536u
-#define RAD_N	512u		/* 32 MiB: 8 windows */
+#define RAD_N	1152u		/* 72 MiB: segment 0 and 8 MiB of 1 */
+#define RAD_WIN	(JLOG_WINDOW / RAD_ENT)	/* entries a window */
 
 static void
 rad_read(struct jlog *l, uint64_t k, uint64_t top)
@@ -532,6 +534,19 @@ test_data_log_read_ahead_depth(void **state)
 	assert_int_equal(l.pf_n, JLOG_AHEAD);
 	rad_read(&l, RAD_N - 1, head);	/* forward past them: dropped */
 	assert_int_equal(l.pf_n, 0);	/* nothing written after it */
+	/* 8 MiB before the segment's end: two windows of it and both of
+	 * the next one's are read ahead */
+	rad_read(&l, JLOG_SEG / RAD_ENT - 2 * RAD_WIN, head);
+	assert_int_equal(l.pf_n, 3);
+	rad_read(&l, JLOG_SEG / RAD_ENT - RAD_WIN, head);
+	assert_int_equal(l.pf_n, 2);
+	assert_int_equal(l.rseg, 0);
+	rad_read(&l, JLOG_SEG / RAD_ENT, head);	/* taken in segment 1 */
+	assert_int_equal(l.rseg, 1);
+	assert_int_equal(l.win_at, JLOG_SEG);
+	assert_int_equal(l.pf_n, 1);
+	rad_read(&l, JLOG_SEG / RAD_ENT + RAD_WIN, head);
+	assert_int_equal(l.pf_n, 0);
 	for (uint64_t k = 0; k < RAD_N; k++)	/* all of it, in order */
 		rad_read(&l, k, head);
 	assert_int_equal(l.pf_n, 0);
