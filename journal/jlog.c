@@ -549,6 +549,7 @@ jlog_read(struct jlog *l, uint64_t at, uint32_t len, uint64_t top,
 	    at + jlog_space(len) <= pf_get(l, 0)->at))
 		pf_drop(l);	/* not the way the reader went */
 	if (l->rfd < 0 || l->rseg != seg) {
+		pf_drop(l);	/* queued on the files being left */
 		if (l->rfd >= 0)
 			close(l->rfd);
 		seg_path(l, seg, path, sizeof(path));

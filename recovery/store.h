@@ -124,8 +124,8 @@ int store_stage_sync(struct store *s, uint64_t *seq);
  */
 int store_sync_start(struct store *s);
 /* Without waiting: 1 and *SEQ (as store_stage_sync gives it) if the
- * durable mark moved since the last store_stage_sync or store_sync_poll,
- * 0 if not, -1 on error. */
+ * durable mark moved since the last store_stage_sync or store_sync_poll
+ * and nothing staged after it waits for a sync, 0 if not, -1 on error. */
 int store_sync_poll(struct store *s, uint64_t *seq);
 /* Apply every staged complete point (unless failed over).  Returns the
  * number of points applied or -1. */

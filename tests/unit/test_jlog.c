@@ -7,6 +7,9 @@
 #include "journal_fx.h"
 #include "jlog.h"
 
+#include <dlfcn.h>
+#include <errno.h>
+
 /* The journal's LMDB "log" table, opened behind its back (the journal is
  * closed), in a transaction of FLAGS. */
 static MDB_env *
@@ -553,6 +556,69 @@ test_data_log_read_ahead_depth(void **state)
 	jlog_close(&l);
 }
 
+/* Fault injection: aio_read on any descriptor but this one fails with
+ * EAGAIN (-1: none fails). */
+static int aio_only_fd = -1;
+
+int
+aio_read(struct aiocb *cb)
+{
+	static int (*real)(struct aiocb *);
+
+	if (real == NULL)
+		*(void **)&real = dlsym(RTLD_NEXT, "aio_read");
+	if (aio_only_fd >= 0 && cb->aio_fildes != aio_only_fd) {
+		errno = EAGAIN;
+		return -1;
+	}
+	return real(cb);
+}
+
+/* The read-ahead could not start in the next segment (its file opened,
+ * every read refused), then the reader moved there on its own: what it
+ * reads ahead later, two segments on, comes from that segment's file. */
+#define RAS_N	2176u		/* 136 MiB: segments 0, 1 and 8 MiB of 2 */
+
+static void
+test_data_log_read_ahead_refused(void **state)
+{
+	struct fx *f = *state;
+	static uint8_t b[RAD_ENT];
+	struct jlog l;
+	char dir[sizeof(f->dir) + 8];
+	uint64_t at, head, seg = JLOG_SEG / RAD_ENT;
+
+	snprintf(dir, sizeof(dir), "%s/ras", f->dir);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	memset(&l, 0, sizeof(l));
+	assert_int_equal(jlog_open(&l, dir, 0), 0);
+	for (uint64_t k = 0; k < RAS_N; k++) {
+		memcpy(b, &k, sizeof(k));
+		b[RAD_ENT - 1] = (uint8_t)(k * 7);
+		assert_int_equal(jlog_append(&l, b, RAD_ENT, &at), 0);
+		if (k % 256 == 255) {
+			assert_int_equal(jlog_flush(&l), 0);
+			jlog_committed(&l);
+		}
+	}
+	assert_int_equal(jlog_flush(&l), 0);
+	jlog_committed(&l);
+	head = l.head;
+	jlog_close(&l);
+	memset(&l, 0, sizeof(l));
+	assert_int_equal(jlog_open(&l, dir, head), 0);
+
+	rad_read(&l, 0, head);			/* segment 0 open */
+	aio_only_fd = l.rfd;			/* the next one's reads fail */
+	rad_read(&l, seg - 2 * RAD_WIN, head);
+	rad_read(&l, seg - RAD_WIN, head);
+	assert_int_equal(l.pf_n, 0);
+	aio_only_fd = -1;
+	for (uint64_t k = seg; k < RAS_N; k++)	/* on into segment 2 */
+		rad_read(&l, k, head);
+	jlog_close(&l);
+}
+
 static void
 test_data_log_failed_read(void **state)
 {
@@ -676,6 +742,8 @@ main(void)
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_read_ahead_depth,
 		    setup, teardown),
+		cmocka_unit_test_setup_teardown(
+		    test_data_log_read_ahead_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_failed_read,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_log_bad_ref, setup,

@@ -1312,6 +1312,27 @@ test_sync_behind(void **state)
 	assert_int_equal(store_apply(f->s), 1);
 	latest_is_pending(f);
 	check_point(f, 3, "the point after a failed sync");
+	/* a sync the flusher finished is no ack for what was staged after
+	 * it, unsynced (here: failed over meanwhile) */
+	batch_free(&a);
+	batch_free(&b);
+	batch_free(&p);
+	gen_entries(f, &a, 20);
+	CHECK(store_stage(f->s, a.e, a.n));
+	assert_int_equal(store_sync_start(f->s), 1);
+	CHECK(store_failover(f->s, 0));	/* waits for the flusher */
+	check_point(f, 3, "failover after a sync behind the receiver");
+	gen_entries(f, &b, 20);
+	CHECK(store_stage(f->s, b.e, b.n));	/* staged */
+	assert_int_equal(store_sync_poll(f->s, &held), 0);
+	CHECK(store_stage_sync(f->s, &held));
+	assert_int_equal(held, f->seq);
+	CHECK(store_cancel(f->s));
+	gen_point(f, &p, T0 + 3);
+	CHECK(store_stage(f->s, p.e, p.n));
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	check_point(f, 4, "the point after staging while failed over");
 	for (int d = 0; d < NDISKS; d++)
 		free(after_a[d]);
 	batch_free(&a);
