@@ -169,16 +169,13 @@ images_lost(struct store *s)
 	return -1;
 }
 
-/* Make what the images hold durable, and record it (meta "img"). */
+/* The images were synced with everything up to img_seq in them: record
+ * it (meta "img"). */
 static int
-images_durable(struct store *s)
+record_durable(struct store *s)
 {
 	uint64_t was = s->img_dur, wasb = s->ahead_dur;
 
-	if (s->img_seq <= s->img_dur)
-		return 0;
-	if (sync_disks(s) != 0)
-		return images_lost(s);
 	s->img_dur = s->img_seq;
 	s->ahead_dur = s->ahead_bytes;
 	if (commit_info(s) != 0) {
@@ -188,6 +185,17 @@ images_durable(struct store *s)
 	}
 	s->dur_news = 1;
 	return 0;
+}
+
+/* Make what the images hold durable, and record it. */
+static int
+images_durable(struct store *s)
+{
+	if (s->img_seq <= s->img_dur)
+		return 0;
+	if (sync_disks(s) != 0)
+		return images_lost(s);
+	return record_durable(s);
 }
 
 int
@@ -648,21 +656,8 @@ mem_wait(struct store *s)
 	s->img_seq = m->e[m->n - 1].seq;
 	s->ahead_bytes += m->used;
 	m->n = m->used = 0;
-	if (s->fl_sync) {
-		/* the flusher synced the images: record it, as
-		 * images_durable does */
-		uint64_t was = s->img_dur, wasb = s->ahead_dur;
-
-		s->img_dur = s->img_seq;
-		s->ahead_dur = s->ahead_bytes;
-		if (commit_info(s) != 0) {
-			s->img_dur = was;
-			s->ahead_dur = wasb;
-			return -1;
-		}
-		s->dur_news = 1;
-	}
-	return 0;
+	/* the flusher synced the images after this chunk */
+	return s->fl_sync ? record_durable(s) : 0;
 }
 
 /* Hand the chunk being filled to the flusher, once the one before it is

@@ -499,32 +499,45 @@ rad_read(struct jlog *l, uint64_t k, uint64_t top)
 	assert_int_equal(p[RAD_ENT - 1], (uint8_t)(k * 7));
 }
 
-static void
-test_data_log_read_ahead_depth(void **state)
+/* A data log of N entries (entry k starts with k and ends with k * 7) in
+ * F's dir/NAME, written in commits of 16 MiB, then opened again in L with
+ * nothing in the ring: every read is from the files.  Returns the head. */
+static uint64_t
+rad_log(struct fx *f, const char *name, uint64_t n, struct jlog *l)
 {
-	struct fx *f = *state;
 	static uint8_t b[RAD_ENT];
-	struct jlog l;
 	char dir[sizeof(f->dir) + 8];
 	uint64_t at, head;
 
-	snprintf(dir, sizeof(dir), "%s/rad", f->dir);
+	snprintf(dir, sizeof(dir), "%s/%s", f->dir, name);
 	assert_int_equal(mkdir(dir, 0700), 0);
-	memset(&l, 0, sizeof(l));
-	assert_int_equal(jlog_open(&l, dir, 0), 0);
-	for (uint64_t k = 0; k < RAD_N; k++) {
+	memset(l, 0, sizeof(*l));
+	assert_int_equal(jlog_open(l, dir, 0), 0);
+	for (uint64_t k = 0; k < n; k++) {
 		memcpy(b, &k, sizeof(k));
 		b[RAD_ENT - 1] = (uint8_t)(k * 7);
-		assert_int_equal(jlog_append(&l, b, RAD_ENT, &at), 0);
+		assert_int_equal(jlog_append(l, b, RAD_ENT, &at), 0);
 		assert_int_equal(at, k * RAD_ENT);
+		if (k % 256 == 255) {
+			assert_int_equal(jlog_flush(l), 0);
+			jlog_committed(l);
+		}
 	}
-	assert_int_equal(jlog_flush(&l), 0);
-	jlog_committed(&l);
-	head = l.head;
-	assert_int_equal(head, (uint64_t)RAD_N * RAD_ENT);
-	jlog_close(&l);
-	memset(&l, 0, sizeof(l));
-	assert_int_equal(jlog_open(&l, dir, head), 0);	/* ring empty */
+	assert_int_equal(jlog_flush(l), 0);
+	jlog_committed(l);
+	head = l->head;
+	assert_int_equal(head, n * RAD_ENT);
+	jlog_close(l);
+	memset(l, 0, sizeof(*l));
+	assert_int_equal(jlog_open(l, dir, head), 0);
+	return head;
+}
+
+static void
+test_data_log_read_ahead_depth(void **state)
+{
+	struct jlog l;
+	uint64_t head = rad_log(*state, "rad", RAD_N, &l);
 
 	rad_read(&l, 0, head);
 	assert_int_equal(l.pf_n, JLOG_AHEAD);
@@ -582,31 +595,9 @@ aio_read(struct aiocb *cb)
 static void
 test_data_log_read_ahead_refused(void **state)
 {
-	struct fx *f = *state;
-	static uint8_t b[RAD_ENT];
 	struct jlog l;
-	char dir[sizeof(f->dir) + 8];
-	uint64_t at, head, seg = JLOG_SEG / RAD_ENT;
-
-	snprintf(dir, sizeof(dir), "%s/ras", f->dir);
-	assert_int_equal(mkdir(dir, 0700), 0);
-	memset(&l, 0, sizeof(l));
-	assert_int_equal(jlog_open(&l, dir, 0), 0);
-	for (uint64_t k = 0; k < RAS_N; k++) {
-		memcpy(b, &k, sizeof(k));
-		b[RAD_ENT - 1] = (uint8_t)(k * 7);
-		assert_int_equal(jlog_append(&l, b, RAD_ENT, &at), 0);
-		if (k % 256 == 255) {
-			assert_int_equal(jlog_flush(&l), 0);
-			jlog_committed(&l);
-		}
-	}
-	assert_int_equal(jlog_flush(&l), 0);
-	jlog_committed(&l);
-	head = l.head;
-	jlog_close(&l);
-	memset(&l, 0, sizeof(l));
-	assert_int_equal(jlog_open(&l, dir, head), 0);
+	uint64_t seg = JLOG_SEG / RAD_ENT;
+	uint64_t head = rad_log(*state, "ras", RAS_N, &l);
 
 	rad_read(&l, 0, head);			/* segment 0 open */
 	aio_only_fd = l.rfd;			/* the next one's reads fail */

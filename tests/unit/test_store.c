@@ -403,6 +403,21 @@ latest_is_pending(struct fx *f)
 		memcpy(f->cur[d], f->pending[d], disk_size[d]);
 }
 
+/* A point after what was staged: its marker staged and applied, the
+ * images checked against the model. */
+static void
+close_point(struct fx *f, int64_t time_ms, const char *what)
+{
+	struct batch p = { .n = 0 };
+	uint64_t id = gen_point(f, &p, time_ms);
+
+	CHECK(store_stage(f->s, p.e, p.n));
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	check_point(f, id, what);
+	batch_free(&p);
+}
+
 /* One interval: entries, a point, staged in two calls, applied. */
 static uint64_t
 interval(struct fx *f, int64_t time_ms)
@@ -1118,7 +1133,7 @@ static void
 test_apply_error(void **state)
 {
 	struct fx *f = *state;
-	struct batch a = { .n = 0 }, b = { .n = 0 }, p = { .n = 0 };
+	struct batch a = { .n = 0 }, b = { .n = 0 };
 	uint64_t held, before;
 
 	initial_sync(f);
@@ -1144,14 +1159,9 @@ test_apply_error(void **state)
 	assert_int_equal(held, before);
 	CHECK(store_stage(f->s, a.e, a.n));
 	CHECK(store_stage(f->s, b.e, b.n));
-	gen_point(f, &p, T0 + 1);
-	CHECK(store_stage(f->s, p.e, p.n));
-	assert_int_equal(store_apply(f->s), 1);
-	latest_is_pending(f);
-	check_point(f, 2, "the point after an apply error");
+	close_point(f, T0 + 1, "the point after an apply error");
 	batch_free(&a);
 	batch_free(&b);
-	batch_free(&p);
 	check_all_points(f, "after an apply error");
 }
 
@@ -1255,7 +1265,6 @@ test_sync_behind(void **state)
 {
 	struct fx *f = *state;
 	struct batch a = { .n = 0 }, b = { .n = 0 }, c = { .n = 0 };
-	struct batch p = { .n = 0 };
 	uint8_t *after_a[NDISKS];
 	uint64_t held, mid, before_c;
 
@@ -1307,16 +1316,11 @@ test_sync_behind(void **state)
 	CHECK(store_stage_sync(f->s, &held));
 	assert_int_equal(held, before_c);
 	CHECK(store_stage(f->s, c.e, c.n));
-	gen_point(f, &p, T0 + 2);
-	CHECK(store_stage(f->s, p.e, p.n));
-	assert_int_equal(store_apply(f->s), 1);
-	latest_is_pending(f);
-	check_point(f, 3, "the point after a failed sync");
+	close_point(f, T0 + 2, "the point after a failed sync");
 	/* a sync the flusher finished is no ack for what was staged after
 	 * it, unsynced (here: failed over meanwhile) */
 	batch_free(&a);
 	batch_free(&b);
-	batch_free(&p);
 	gen_entries(f, &a, 20);
 	CHECK(store_stage(f->s, a.e, a.n));
 	assert_int_equal(store_sync_start(f->s), 1);
@@ -1328,17 +1332,12 @@ test_sync_behind(void **state)
 	CHECK(store_stage_sync(f->s, &held));
 	assert_int_equal(held, f->seq);
 	CHECK(store_cancel(f->s));
-	gen_point(f, &p, T0 + 3);
-	CHECK(store_stage(f->s, p.e, p.n));
-	assert_int_equal(store_apply(f->s), 1);
-	latest_is_pending(f);
-	check_point(f, 4, "the point after staging while failed over");
+	close_point(f, T0 + 3, "the point after staging while failed over");
 	for (int d = 0; d < NDISKS; d++)
 		free(after_a[d]);
 	batch_free(&a);
 	batch_free(&b);
 	batch_free(&c);
-	batch_free(&p);
 	reopen(f);
 	check_all_points(f, "after syncs behind the receiver");
 }
