@@ -233,13 +233,12 @@ store_sync_poll(struct store *s, uint64_t *seq)
 		return -1;
 	if (!s->dur_news)
 		return 0;
-	/* entries staged after the durable mark (failed over, say) are not
-	 * synced: the blocking store_stage_sync acknowledges them */
-	if (journal_last_seq(s->stage) > s->img_dur &&
-	    journal_last_seq(s->stage) > s->info.applied_seq)
+	/* held beyond both marks: entries staged after them (failed over,
+	 * say), not synced; the blocking store_stage_sync acknowledges them */
+	*seq = store_held_seq(s);
+	if (*seq > s->img_dur && *seq > s->info.applied_seq)
 		return 0;
 	s->dur_news = 0;
-	*seq = store_held_seq(s);
 	return 1;
 }
 

@@ -260,17 +260,23 @@ ack_seq(struct rconn *c, struct ann *an, uint64_t seq)
 	send_msg(c, &m);
 }
 
-/* Acknowledge what is durable; when that fails, refuse the VM, so that
- * the primary announces it again and sends what was not taken. */
+/* Making entries durable failed: refuse the VM, so that the primary
+ * announces it again and sends what was not taken. */
+static void
+sync_failed(struct rconn *c, struct ann *an)
+{
+	log_warnx("replica %s: %s", an->r->name, store_error(an->r->store));
+	refuse(c, an);
+}
+
+/* Acknowledge what is durable. */
 static void
 send_ack(struct rconn *c, struct ann *an)
 {
 	uint64_t seq;
 
 	if (store_stage_sync(an->r->store, &seq) != 0) {
-		log_warnx("replica %s: %s", an->r->name,
-		    store_error(an->r->store));
-		refuse(c, an);
+		sync_failed(c, an);
 		return;
 	}
 	an->r->unsynced = 0;
@@ -284,11 +290,9 @@ ack_if_durable(struct rconn *c, struct ann *an)
 	uint64_t seq;
 	int r = store_sync_poll(an->r->store, &seq);
 
-	if (r < 0) {
-		log_warnx("replica %s: %s", an->r->name,
-		    store_error(an->r->store));
-		refuse(c, an);
-	} else if (r > 0)
+	if (r < 0)
+		sync_failed(c, an);
+	else if (r > 0)
 		ack_seq(c, an, seq);
 }
 
@@ -303,11 +307,9 @@ sync_soon(struct rconn *c, struct ann *an)
 {
 	int r = store_sync_start(an->r->store);
 
-	if (r < 0) {
-		log_warnx("replica %s: %s", an->r->name,
-		    store_error(an->r->store));
-		refuse(c, an);
-	} else if (r == 0)
+	if (r < 0)
+		sync_failed(c, an);
+	else if (r == 0)
 		send_ack(c, an);
 	else
 		an->r->unsynced = 0;
