@@ -45,8 +45,12 @@ mem_add(struct store *s, const struct jentry *e)
 			return -1;
 		m = &s->mc[s->mcur];
 	}
-	if (m->buf == NULL && (m->buf = malloc(CHUNK_BYTES)) == NULL)
+	/* aligned: entries of whole blocks go to the disk from here */
+	if (m->buf == NULL && posix_memalign((void **)&m->buf, DIO_BLOCK,
+	    CHUNK_BYTES) != 0) {
+		m->buf = NULL;
 		return sfail(s, "out of memory");
+	}
 	if (m->n == m->cap) {
 		size_t ncap = m->cap ? m->cap * 2 : 1024;
 		struct jentry *ne = realloc(m->e, ncap * sizeof(*ne));
@@ -548,19 +552,24 @@ precapture(struct store *s, const struct jentry *e, size_t n)
 	return capture_undo(s, &c, s->info.last_point, 0);
 }
 
+/* Write the chunk's entries into the images, many at once around the
+ * page cache (pwrite_queue), in effect one by one in order. */
 static int
 write_chunk(struct store *s, const struct chunk *c)
 {
 	for (size_t i = 0; i < c->n; i++) {
 		const struct jentry *e = &c->e[i];
 		int r = e->type == JE_WRITE ?
-		    pwrite_all(s, e->disk, e->offset, e->data, e->length) :
-		    zero_disk(s, e->disk, e->offset, e->length);
+		    pwrite_queue(s, e->disk, e->offset, e->data, e->length) :
+		    pwrite_wait(s) || zero_disk(s, e->disk, e->offset,
+		    e->length);
 
-		if (r != 0)
+		if (r != 0) {
+			(void)pwrite_wait(s);	/* the first error stands */
 			return -1;
+		}
 	}
-	return 0;
+	return pwrite_wait(s);
 }
 
 /* Apply a chunk: the before-images of the latest point first (committed

@@ -199,7 +199,9 @@ close_disks(struct store *s)
 	for (size_t i = 0; i < STORE_MAX_DISKS; i++) {
 		if (s->fds[i] >= 0)
 			close(s->fds[i]);
-		s->fds[i] = -1;
+		if (s->dfds[i] >= 0)
+			close(s->dfds[i]);
+		s->fds[i] = s->dfds[i] = -1;
 		free(s->paths[i]);
 		s->paths[i] = NULL;
 	}
@@ -225,6 +227,9 @@ open_disks(struct store *s, int create)
 		    ftruncate(s->fds[i], (off_t)d->size) == -1))
 			return sfail(s, "size %s: %s", s->paths[i],
 			    strerror(errno));
+		/* where the file system has no O_DIRECT, through the cache */
+		s->dfds[i] = open(s->paths[i], O_WRONLY | O_CLOEXEC |
+		    O_DIRECT);
 	}
 	return 0;
 }
@@ -243,6 +248,33 @@ pwrite_all(struct store *s, uint32_t disk, uint64_t off, const void *data,
 		return sfail(s, "write %s: %s", s->paths[disk],
 		    strerror(errno));
 	return 0;
+}
+
+int
+pwrite_queue(struct store *s, uint32_t disk, uint64_t off, const void *data,
+    size_t len)
+{
+	if (s->dio == NULL)
+		return pwrite_all(s, disk, off, data, len);
+	if (dio_pwrite(s->dio, s->dfds[disk], s->fds[disk], data, len,
+	    off) != 0)
+		return sfail(s, "write %s: %s", s->paths[disk],
+		    strerror(errno));
+	return 0;
+}
+
+int
+pwrite_wait(struct store *s)
+{
+	const char *what = "the images";
+	int fd;
+
+	if (s->dio == NULL || dio_wait(s->dio, &fd) == 0)
+		return 0;
+	for (size_t i = 0; i < s->info.ndisks; i++)
+		if (fd >= 0 && s->fds[i] == fd)
+			what = s->paths[i];
+	return sfail(s, "write %s: %s", what, strerror(errno));
 }
 
 int
@@ -573,10 +605,13 @@ store_open(const char *dir, char *err, size_t errlen)
 		return NULL;
 	}
 	for (size_t i = 0; i < STORE_MAX_DISKS; i++)
-		s->fds[i] = -1;
+		s->fds[i] = s->dfds[i] = -1;
 	s->ul_wfd = -1;
+	s->dio = dio_open(DIO_DEPTH, DIO_MAX);	/* NULL: every write buffered */
 	if ((s->dir = strdup(dir)) == NULL ||
-	    (s->buf = malloc(CHUNK_BYTES + STORE_BLOCK)) == NULL) {
+	    posix_memalign((void **)&s->buf, DIO_BLOCK,
+	    CHUNK_BYTES + STORE_BLOCK) != 0) {
+		s->buf = NULL;
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -645,6 +680,7 @@ store_close(struct store *s)
 	if (s == NULL)
 		return;
 	mem_wait(s);	/* what it did not apply comes again */
+	dio_close(s->dio);
 	close_disks(s);
 	ul_close(s);
 	if (s->stage)

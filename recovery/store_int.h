@@ -14,6 +14,7 @@
 #include <sys/uio.h>
 
 #include "store.h"
+#include "dio.h"
 #include "kv.h"
 
 #define STORE_MAP	(1ull << 42)	/* address space only */
@@ -22,6 +23,8 @@
 #define RUN_BLOCKS	256		/* before-images read with one pread */
 #define CAPTURE_THREADS	8		/* before-image reads at once */
 #define AHEAD_BYTES	(8u << 20)	/* staged data that is applied ahead */
+#define DIO_DEPTH	32		/* image writes in flight at once */
+#define DIO_MAX		(64u << 10)	/* larger writes through the cache */
 
 /* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data;
  * with BR_ZERO or BR_REF the flag is followed by the length (4), and a
@@ -49,7 +52,10 @@ struct store {
 	MDB_dbi meta, points, undo, redo;
 	struct journal *stage;
 	int fds[STORE_MAX_DISKS];
+	int dfds[STORE_MAX_DISKS];	/* the same, O_DIRECT, or -1 */
 	char *paths[STORE_MAX_DISKS];
+	struct dio *dio;	/* applies entries around the page cache,
+				 * or NULL: through it (dio.h) */
 	struct store_info info;
 	uint64_t rolling;	/* a failover playback is under way */
 	uint64_t img_seq;	/* entries up to this are in the images */
@@ -113,6 +119,11 @@ int sync_disks(struct store *s);
 void start_writeback(struct store *s);
 int pwrite_all(struct store *s, uint32_t disk, uint64_t off,
     const void *data, size_t len);
+/* Queue a write of an entry's data: around the page cache when it can,
+ * in order with the others queued; pwrite_wait waits for them all. */
+int pwrite_queue(struct store *s, uint32_t disk, uint64_t off,
+    const void *data, size_t len);
+int pwrite_wait(struct store *s);
 size_t br_prefix(uint8_t *key, const uint8_t *pre, size_t plen,
     uint32_t disk, uint64_t blk);
 int br_exists(MDB_txn *txn, MDB_dbi dbi, const uint8_t *pre, size_t plen,

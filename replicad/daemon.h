@@ -47,6 +47,7 @@ struct pdisk {
 	struct pvm *vm;
 	uint32_t idx;
 	int fd;
+	int dfd;		/* the same, O_DIRECT (image writer), or -1 */
 	uint64_t size;
 	char *name;
 	char *export;		/* "vm/disk" */
@@ -136,6 +137,7 @@ struct pvm {
 	 */
 	pthread_t iw_thread;
 	int iw_started;
+	struct dio *iw_dio;	/* the writer's, or NULL: buffered writes */
 	int replay_failed;	/* vm_open: an entry could not be replayed */
 	pthread_mutex_t iw_mu;
 	pthread_cond_t iw_work, iw_idle;

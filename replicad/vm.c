@@ -18,6 +18,7 @@
 #include <event2/event.h>
 
 #include "daemon.h"
+#include "dio.h"
 #include "fileio.h"
 #include "log.h"
 #include "nbd.h"
@@ -43,6 +44,8 @@ img_sync(struct pvm *vm)
 /* the image writer */
 
 #define IW_MAX_BYTES	(64u << 20)	/* queued before main waits */
+#define IW_DEPTH	32		/* image writes in flight at once */
+#define IW_DIRECT_MAX	(64u << 20)	/* every write around the cache */
 
 /*
  * The writer syncs the images when main asks (for a trim): what it had
@@ -84,6 +87,54 @@ iw_synced(struct pvm *vm)
 	pthread_mutex_unlock(&vm->iw_mu);
 }
 
+static void
+iw_fail(struct pvm *vm, const struct pdisk *pd)
+{
+	log_warn("vm %s: write %s (the journal keeps it: a restart writes "
+	    "it again)", vm->cfg->name, pd ? pd->export : "the images");
+	__atomic_store_n(&vm->iw_failed, 1, __ATOMIC_RELEASE);
+}
+
+/* Wait for the writes queued around the page cache (iw_write). */
+static void
+iw_wait(struct pvm *vm)
+{
+	const struct pdisk *pd = NULL;
+	int fd;
+
+	if (vm->iw_dio == NULL || dio_wait(vm->iw_dio, &fd) == 0)
+		return;
+	for (size_t i = 0; i < vm->ndisks; i++)
+		if (vm->disks[i].fd == fd)
+			pd = &vm->disks[i];
+	iw_fail(vm, pd);
+}
+
+/* Write OP into its image: many writes at once around the page cache
+ * where the image allows it (dio.h), in effect one by one in order; the
+ * data stays until iw_wait.  Returns the bytes of data. */
+static uint64_t
+iw_write(struct pvm *vm, const struct pop *op)
+{
+	struct pdisk *pd = &vm->disks[op->disk];
+	int r;
+
+	if (__atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE))
+		return op->data ? op->len : 0;
+	if (op->data == NULL) {
+		iw_wait(vm);
+		r = zero_range(pd->fd, op->off, op->len);
+	} else if (vm->iw_dio != NULL) {
+		r = dio_pwrite(vm->iw_dio, pd->dfd, pd->fd, op->data, op->len,
+		    op->off);
+	} else {
+		r = pwrite_full(pd->fd, op->data, op->len, op->off);
+	}
+	if (r != 0)
+		iw_fail(vm, pd);
+	return op->data ? op->len : 0;
+}
+
 static void *
 iw_main(void *arg)
 {
@@ -119,23 +170,11 @@ iw_main(void *arg)
 		seq = vm->iw_target;
 		vm->iw_busy = 1;
 		pthread_mutex_unlock(&vm->iw_mu);
-		for (size_t i = 0; i < n; i++) {
-			struct pop *op = &q[i];
-			struct pdisk *pd = &vm->disks[op->disk];
-
-			if (!__atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE) &&
-			    (op->data ? pwrite_full(pd->fd, op->data, op->len,
-			    op->off) : zero_range(pd->fd, op->off, op->len))) {
-				log_warn("vm %s: write %s (the journal keeps "
-				    "it: a restart writes it again)",
-				    vm->cfg->name, pd->export);
-				__atomic_store_n(&vm->iw_failed, 1,
-				    __ATOMIC_RELEASE);
-			}
-			if (op->data)
-				bytes += op->len;
-			free(op->data);
-		}
+		for (size_t i = 0; i < n; i++)
+			bytes += iw_write(vm, &q[i]);
+		iw_wait(vm);
+		for (size_t i = 0; i < n; i++)
+			free(q[i].data);
 		pthread_mutex_lock(&vm->iw_mu);
 		vm->iw_busy = 0;
 		vm->iw_bytes -= bytes;
@@ -160,10 +199,14 @@ iw_start(struct pvm *vm)
 {
 	int mu, work = -1, idle = -1;
 
+	vm->iw_dio = dio_open(IW_DEPTH, IW_DIRECT_MAX);	/* NULL: buffered writes */
+
 	if ((mu = pthread_mutex_init(&vm->iw_mu, NULL)) != 0 ||
 	    (work = pthread_cond_init(&vm->iw_work, NULL)) != 0 ||
 	    (idle = pthread_cond_init(&vm->iw_idle, NULL)) != 0 ||
 	    pthread_create(&vm->iw_thread, NULL, iw_main, vm) != 0) {
+		dio_close(vm->iw_dio);
+		vm->iw_dio = NULL;
 		if (idle == 0)
 			pthread_cond_destroy(&vm->iw_idle);
 		if (work == 0)
@@ -210,6 +253,8 @@ iw_stop(struct pvm *vm)
 	pthread_mutex_unlock(&vm->iw_mu);
 	pthread_join(vm->iw_thread, NULL);	/* it drains the queue first */
 	vm->iw_started = 0;
+	dio_close(vm->iw_dio);
+	vm->iw_dio = NULL;
 	free(vm->iw_q);
 	vm->iw_q = NULL;
 	pthread_cond_destroy(&vm->iw_work);
@@ -333,6 +378,8 @@ open_disk(struct pvm *vm, size_t i)
 		}
 	} else
 		pd->size = (uint64_t)st.st_size;
+	/* the image writer's: where there is no O_DIRECT, the cache */
+	pd->dfd = open(cd->path, O_WRONLY | O_CLOEXEC | O_DIRECT);
 	return 0;
 }
 
@@ -468,7 +515,7 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 	vm->d = d;
 	vm->cfg = cfg;
 	for (size_t i = 0; i < MAX_DISKS; i++)
-		vm->disks[i].fd = -1;
+		vm->disks[i].fd = vm->disks[i].dfd = -1;
 	if (cfg->ndisks > MAX_DISKS) {
 		log_warnx("%s: vm %s has %zu disks; at most %d", __func__,
 		    cfg->name, cfg->ndisks, MAX_DISKS);
@@ -584,6 +631,8 @@ vm_close(struct pvm *vm)
 				synced = 0;
 			close(vm->disks[i].fd);
 		}
+		if (vm->disks[i].dfd >= 0)
+			close(vm->disks[i].dfd);
 		free(vm->disks[i].export);
 	}
 	if (vm->j) {

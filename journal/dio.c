@@ -1,0 +1,368 @@
+/* dio.c: ordered image writes around the page cache (see dio.h). */
+#include "dio.h"
+#include "fileio.h"
+
+#include <errno.h>
+#include <linux/aio_abi.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DIO_BATCH	16		/* iocbs per io_submit */
+#define DIO_BOUNCE_MAX	(1u << 20)	/* unaligned data copied up to this */
+
+struct slot {
+	struct iocb cb;
+	uint8_t *bounce;	/* aligned copy of unaligned data */
+	size_t bcap;
+	int fd;			/* buffered: finishes a short write */
+};
+
+struct dio {
+	aio_context_t ctx;
+	unsigned depth;
+	size_t max_direct;	/* larger writes go through the cache */
+	struct slot *slots;
+	unsigned *freel;	/* free slots */
+	unsigned nfree;
+	struct iocb **pend;	/* prepared, not yet submitted */
+	unsigned npend;
+	unsigned inflight;	/* submitted, not yet reaped */
+	int err;		/* first failure since the last dio_wait */
+	int err_fd;		/*   on this descriptor (the buffered one) */
+	int nodirect;		/* the kernel refused one: buffered from now */
+	/* blocks written since everything was last waited for: a write
+	 * that touches one of them waits first (open addressing, key+1) */
+	uint64_t *set;
+	size_t cap, cnt;
+	uint64_t ndirect, nbuffered;
+	struct io_event *ev;
+};
+
+static long
+sys_io_setup(unsigned nr, aio_context_t *ctx)
+{
+	return syscall(SYS_io_setup, nr, ctx);
+}
+
+static long
+sys_io_destroy(aio_context_t ctx)
+{
+	return syscall(SYS_io_destroy, ctx);
+}
+
+static long
+sys_io_submit(aio_context_t ctx, long n, struct iocb **cbs)
+{
+	return syscall(SYS_io_submit, ctx, n, cbs);
+}
+
+static long
+sys_io_getevents(aio_context_t ctx, long min, long max, struct io_event *ev)
+{
+	return syscall(SYS_io_getevents, ctx, min, max, ev, NULL);
+}
+
+struct dio *
+dio_open(unsigned depth, size_t max_direct)
+{
+	struct dio *d = calloc(1, sizeof(*d));
+
+	if (d == NULL)
+		return NULL;
+	d->depth = depth ? depth : 1;
+	d->max_direct = max_direct;
+	d->cap = 1024;
+	if ((d->slots = calloc(d->depth, sizeof(*d->slots))) == NULL ||
+	    (d->freel = calloc(d->depth, sizeof(*d->freel))) == NULL ||
+	    (d->pend = calloc(d->depth, sizeof(*d->pend))) == NULL ||
+	    (d->ev = calloc(d->depth, sizeof(*d->ev))) == NULL ||
+	    (d->set = calloc(d->cap, sizeof(*d->set))) == NULL)
+		goto fail;
+	if (sys_io_setup(d->depth, &d->ctx) != 0)
+		goto fail;
+	for (unsigned i = 0; i < d->depth; i++)
+		d->freel[d->nfree++] = d->depth - 1 - i;
+	return d;
+fail:;
+	int e = errno;
+
+	free(d->slots);
+	free(d->freel);
+	free(d->pend);
+	free(d->ev);
+	free(d->set);
+	free(d);
+	errno = e;
+	return NULL;
+}
+
+static void
+fail_with(struct dio *d, int fd, int e)
+{
+	if (d->err == 0) {
+		d->err = e ? e : EIO;
+		d->err_fd = fd;
+	}
+}
+
+/* Reap at least MIN completions. */
+static void
+reap(struct dio *d, unsigned min)
+{
+	while (min > 0 && d->inflight > 0) {
+		long n = sys_io_getevents(d->ctx, min, d->depth, d->ev);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			/* cannot happen with a valid context; nothing to
+			 * wait on is left then */
+			fail_with(d, -1, errno);
+			d->inflight = 0;
+			return;
+		}
+		for (long i = 0; i < n; i++) {
+			unsigned k = (unsigned)d->ev[i].data;
+			struct slot *s = &d->slots[k];
+			long long res = d->ev[i].res;
+
+			if (res == -EINVAL) {
+				/* the file system wants another alignment:
+				 * this one, and all from now, through the
+				 * cache (nothing in flight overlaps it) */
+				d->nodirect = 1;
+				d->ndirect--;
+				d->nbuffered++;
+				if (pwrite_full(s->fd, (const void *)(uintptr_t)
+				    s->cb.aio_buf, s->cb.aio_nbytes,
+				    (uint64_t)s->cb.aio_offset) != 0)
+					fail_with(d, s->fd, errno);
+			} else if (res < 0) {
+				fail_with(d, s->fd, (int)-res);
+			} else if ((uint64_t)res < s->cb.aio_nbytes) {
+				/* short (a full disk, say): the rest through
+				 * the cache says why, or succeeds */
+				const uint8_t *p = (const uint8_t *)(uintptr_t)
+				    s->cb.aio_buf;
+
+				if (pwrite_full(s->fd, p + res,
+				    s->cb.aio_nbytes - (uint64_t)res,
+				    (uint64_t)s->cb.aio_offset + (uint64_t)res)
+				    != 0)
+					fail_with(d, s->fd, errno);
+			}
+			d->freel[d->nfree++] = k;
+			d->inflight--;
+			min = min > 1 ? min - 1 : 0;
+		}
+	}
+}
+
+/* Submit what is prepared.  An iocb the kernel refuses is written
+ * through the cache instead, and so is everything after. */
+static void
+submit(struct dio *d)
+{
+	unsigned done = 0;
+
+	while (done < d->npend) {
+		long n = sys_io_submit(d->ctx, d->npend - done,
+		    d->pend + done);
+
+		if (n > 0) {
+			done += (unsigned)n;
+			d->inflight += (unsigned)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN && d->inflight > 0) {
+			reap(d, 1);
+			continue;
+		}
+		/* refused: this one (and the rest) the buffered way; none
+		 * overlaps what is in flight */
+		d->nodirect = 1;
+		for (; done < d->npend; done++) {
+			struct iocb *cb = d->pend[done];
+			unsigned k = (unsigned)cb->aio_data;
+
+			if (pwrite_full(d->slots[k].fd,
+			    (const void *)(uintptr_t)cb->aio_buf,
+			    cb->aio_nbytes, cb->aio_offset) != 0)
+				fail_with(d, d->slots[k].fd, errno);
+			d->ndirect--;
+			d->nbuffered++;
+			d->freel[d->nfree++] = k;
+		}
+	}
+	d->npend = 0;
+}
+
+static size_t
+slot_of(const struct dio *d, uint64_t key)
+{
+	return (size_t)((key * 0x9e3779b97f4a7c15ull) >> 20) & (d->cap - 1);
+}
+
+/* 1 if KEY is in the set, else 0 (and with ADD, it is added). */
+static int
+set_probe(struct dio *d, uint64_t key, int add)
+{
+	size_t i = slot_of(d, key);
+
+	while (d->set[i] != 0) {
+		if (d->set[i] == key)
+			return 1;
+		i = (i + 1) & (d->cap - 1);
+	}
+	if (add) {
+		d->set[i] = key;
+		d->cnt++;
+	}
+	return 0;
+}
+
+static int
+set_grow(struct dio *d, size_t need)
+{
+	size_t ncap = d->cap, ocap = d->cap;
+	uint64_t *old = d->set, *nset;
+
+	while ((d->cnt + need) * 2 > ncap)
+		ncap *= 2;
+	if (ncap == ocap)
+		return 0;
+	if ((nset = calloc(ncap, sizeof(*nset))) == NULL)
+		return -1;
+	d->set = nset;
+	d->cap = ncap;
+	d->cnt = 0;
+	for (size_t i = 0; i < ocap; i++)
+		if (old[i] != 0)
+			(void)set_probe(d, old[i], 1);
+	free(old);
+	return 0;
+}
+
+static uint64_t
+key_of(int fd, uint64_t blk)
+{
+	return (((uint64_t)(unsigned)fd << 48) | (blk & ((1ull << 48) - 1))) +
+	    1;
+}
+
+int
+dio_wait(struct dio *d, int *fd)
+{
+	if (fd != NULL)
+		*fd = -1;
+	submit(d);
+	reap(d, d->inflight);
+	if (d->cnt > 0) {
+		memset(d->set, 0, d->cap * sizeof(*d->set));
+		d->cnt = 0;
+	}
+	if (d->err != 0) {
+		if (fd != NULL)
+			*fd = d->err_fd;
+		errno = d->err;
+		d->err = 0;
+		return -1;
+	}
+	return 0;
+}
+
+int
+dio_pwrite(struct dio *d, int dfd, int fd, const void *data, size_t len,
+    uint64_t off)
+{
+	uint64_t first = off / DIO_BLOCK, nb = len / DIO_BLOCK;
+	int copy = ((uintptr_t)data & (DIO_BLOCK - 1)) != 0;
+	struct slot *s;
+	unsigned k;
+
+	if (len == 0)
+		return 0;
+	if (dfd < 0 || d->nodirect || off % DIO_BLOCK || len % DIO_BLOCK ||
+	    len > d->max_direct || (copy && len > DIO_BOUNCE_MAX)) {
+		/* in order: after everything in flight */
+		if (dio_wait(d, NULL) != 0)
+			return -1;
+		d->nbuffered++;
+		return pwrite_full(fd, data, len, off);
+	}
+	for (uint64_t b = 0; b < nb; b++)
+		if (set_probe(d, key_of(dfd, first + b), 0)) {
+			if (dio_wait(d, NULL) != 0)
+				return -1;
+			break;
+		}
+	if (set_grow(d, nb) != 0)
+		return -1;
+	for (uint64_t b = 0; b < nb; b++)
+		(void)set_probe(d, key_of(dfd, first + b), 1);
+	if (d->nfree == 0) {
+		submit(d);
+		reap(d, 1);
+	}
+	k = d->freel[--d->nfree];
+	s = &d->slots[k];
+	if (copy) {
+		if (s->bcap < len) {
+			size_t want = (len + 65535) & ~(size_t)65535;
+			void *p;
+
+			if (posix_memalign(&p, DIO_BLOCK, want) != 0) {
+				d->freel[d->nfree++] = k;
+				errno = ENOMEM;
+				return -1;
+			}
+			free(s->bounce);
+			s->bounce = p;
+			s->bcap = want;
+		}
+		memcpy(s->bounce, data, len);
+		data = s->bounce;
+	}
+	s->fd = fd;
+	memset(&s->cb, 0, sizeof(s->cb));
+	s->cb.aio_data = k;
+	s->cb.aio_lio_opcode = IOCB_CMD_PWRITE;
+	s->cb.aio_fildes = (uint32_t)dfd;
+	s->cb.aio_buf = (uint64_t)(uintptr_t)data;
+	s->cb.aio_nbytes = len;
+	s->cb.aio_offset = (int64_t)off;
+	d->pend[d->npend++] = &s->cb;
+	d->ndirect++;
+	if (d->npend >= DIO_BATCH || d->nfree == 0)
+		submit(d);
+	return 0;
+}
+
+void
+dio_counts(const struct dio *d, uint64_t *direct, uint64_t *buffered)
+{
+	*direct = d->ndirect;
+	*buffered = d->nbuffered;
+}
+
+void
+dio_close(struct dio *d)
+{
+	if (d == NULL)
+		return;
+	(void)dio_wait(d, NULL);
+	sys_io_destroy(d->ctx);
+	for (unsigned i = 0; i < d->depth; i++)
+		free(d->slots[i].bounce);
+	free(d->slots);
+	free(d->freel);
+	free(d->pend);
+	free(d->ev);
+	free(d->set);
+	free(d);
+}

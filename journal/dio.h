@@ -1,0 +1,49 @@
+/*
+ * dio.h: ordered image writes around the page cache, many in flight.
+ *
+ * Writes of whole 4 KiB blocks go through an O_DIRECT descriptor with
+ * Linux native AIO, up to a queue depth at once; the file ends as if the
+ * writes had been made one by one in the order given, because a write
+ * that overlaps one still in flight waits for everything in flight first.
+ * Other writes (not block-aligned, or with data too large to copy into an
+ * aligned buffer) are made through the buffered descriptor, in order,
+ * after what is in flight.
+ *
+ * Why: small random writes into a page cache of large folios cost tens
+ * of microseconds each in the kernel, and as much again to write back;
+ * the same write around the cache costs a few.
+ *
+ * Each function returning int returns 0, or -1 with errno set (the first
+ * failure of a write queued since the last dio_wait).
+ */
+#ifndef REPLICAD_DIO_H
+#define REPLICAD_DIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DIO_BLOCK	4096u
+
+struct dio;
+
+/* A writer with up to DEPTH writes in flight, of up to MAX_DIRECT bytes
+ * each (larger ones go through the cache); NULL with errno set where the
+ * kernel has no native AIO. */
+struct dio *dio_open(unsigned depth, size_t max_direct);
+/* Waits for what is in flight first (its errors are lost: call dio_wait
+ * before to see them). */
+void dio_close(struct dio *d);
+/* Write LEN bytes of DATA at OFF.  DFD is the file opened O_DIRECT (or
+ * -1), FD the same file opened through the page cache.  DATA must stay
+ * valid and unchanged until dio_wait returns, unless it is not aligned
+ * to DIO_BLOCK (it is then copied). */
+int dio_pwrite(struct dio *d, int dfd, int fd, const void *data, size_t len,
+    uint64_t off);
+/* Wait for every write queued: they are then in the file (durable only
+ * after an fdatasync, as any write).  On failure FD (if not NULL) is the
+ * buffered descriptor of the write that failed first, or -1. */
+int dio_wait(struct dio *d, int *fd);
+/* Writes that went around the page cache, and through it, so far. */
+void dio_counts(const struct dio *d, uint64_t *direct, uint64_t *buffered);
+
+#endif
