@@ -7,17 +7,27 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #define DIO_BATCH	16		/* iocbs per io_submit */
 #define DIO_BOUNCE_MAX	(1u << 20)	/* unaligned data copied up to this */
+#define DIO_IOV		32		/* contiguous writes merged into one */
+#define DIO_MERGE_MAX	(1u << 20)	/*   up to this many bytes */
 
+/* One write in flight: a vectored write of one or more contiguous
+ * writes given to dio_pwrite. */
 struct slot {
 	struct iocb cb;
+	struct iovec iov[DIO_IOV];
+	unsigned niov;
+	uint64_t off;
+	size_t len;
 	uint8_t *bounce;	/* aligned copy of unaligned data */
 	size_t bcap;
 	int fd;			/* buffered: finishes a short write */
+	int dfd;
 };
 
 struct dio {
@@ -29,6 +39,7 @@ struct dio {
 	unsigned nfree;
 	struct iocb **pend;	/* prepared, not yet submitted */
 	unsigned npend;
+	size_t pend_bytes;
 	unsigned inflight;	/* submitted, not yet reaped */
 	int err;		/* first failure since the last dio_wait */
 	int err_fd;		/*   on this descriptor (the buffered one) */
@@ -37,7 +48,7 @@ struct dio {
 	 * that touches one of them waits first (open addressing, key+1) */
 	uint64_t *set;
 	size_t cap, cnt;
-	uint64_t ndirect, nbuffered;
+	uint64_t ndirect, nbuffered, niocbs;
 	struct io_event *ev;
 };
 
@@ -108,6 +119,30 @@ fail_with(struct dio *d, int fd, int e)
 	}
 }
 
+/* Write what slot S holds from byte SKIP on through the cache. */
+static void
+slot_buffered(struct dio *d, struct slot *s, size_t skip)
+{
+	uint64_t off = s->off;
+
+	for (unsigned i = 0; i < s->niov; i++) {
+		const uint8_t *p = s->iov[i].iov_base;
+		size_t n = s->iov[i].iov_len;
+
+		if (skip >= n) {
+			skip -= n;
+			off += n;
+			continue;
+		}
+		if (pwrite_full(s->fd, p + skip, n - skip, off + skip) != 0) {
+			fail_with(d, s->fd, errno);
+			return;
+		}
+		off += n;
+		skip = 0;
+	}
+}
+
 /* Reap at least MIN completions. */
 static void
 reap(struct dio *d, unsigned min)
@@ -134,25 +169,15 @@ reap(struct dio *d, unsigned min)
 				 * this one, and all from now, through the
 				 * cache (nothing in flight overlaps it) */
 				d->nodirect = 1;
-				d->ndirect--;
-				d->nbuffered++;
-				if (pwrite_full(s->fd, (const void *)(uintptr_t)
-				    s->cb.aio_buf, s->cb.aio_nbytes,
-				    (uint64_t)s->cb.aio_offset) != 0)
-					fail_with(d, s->fd, errno);
+				d->ndirect -= s->niov;
+				d->nbuffered += s->niov;
+				slot_buffered(d, s, 0);
 			} else if (res < 0) {
 				fail_with(d, s->fd, (int)-res);
-			} else if ((uint64_t)res < s->cb.aio_nbytes) {
+			} else if ((uint64_t)res < s->len) {
 				/* short (a full disk, say): the rest through
 				 * the cache says why, or succeeds */
-				const uint8_t *p = (const uint8_t *)(uintptr_t)
-				    s->cb.aio_buf;
-
-				if (pwrite_full(s->fd, p + res,
-				    s->cb.aio_nbytes - (uint64_t)res,
-				    (uint64_t)s->cb.aio_offset + (uint64_t)res)
-				    != 0)
-					fail_with(d, s->fd, errno);
+				slot_buffered(d, s, (size_t)res);
 			}
 			d->freel[d->nfree++] = k;
 			d->inflight--;
@@ -174,6 +199,7 @@ submit(struct dio *d)
 
 		if (n > 0) {
 			done += (unsigned)n;
+			d->niocbs += (uint64_t)n;
 			d->inflight += (unsigned)n;
 			continue;
 		}
@@ -187,19 +213,17 @@ submit(struct dio *d)
 		 * overlaps what is in flight */
 		d->nodirect = 1;
 		for (; done < d->npend; done++) {
-			struct iocb *cb = d->pend[done];
-			unsigned k = (unsigned)cb->aio_data;
+			unsigned k = (unsigned)d->pend[done]->aio_data;
+			struct slot *s = &d->slots[k];
 
-			if (pwrite_full(d->slots[k].fd,
-			    (const void *)(uintptr_t)cb->aio_buf,
-			    cb->aio_nbytes, cb->aio_offset) != 0)
-				fail_with(d, d->slots[k].fd, errno);
-			d->ndirect--;
-			d->nbuffered++;
+			slot_buffered(d, s, 0);
+			d->ndirect -= s->niov;
+			d->nbuffered += s->niov;
 			d->freel[d->nfree++] = k;
 		}
 	}
 	d->npend = 0;
+	d->pend_bytes = 0;
 }
 
 static size_t
@@ -305,6 +329,22 @@ dio_pwrite(struct dio *d, int dfd, int fd, const void *data, size_t len,
 		return -1;
 	for (uint64_t b = 0; b < nb; b++)
 		(void)set_probe(d, key_of(dfd, first + b), 1);
+	/* right after the last one not yet submitted: one write of both */
+	if (!copy && d->npend > 0) {
+		s = &d->slots[d->pend[d->npend - 1]->aio_data];
+		if (s->dfd == dfd && s->fd == fd && s->off + s->len == off &&
+		    s->niov < DIO_IOV && s->len + len <= DIO_MERGE_MAX) {
+			s->iov[s->niov].iov_base = (void *)(uintptr_t)data;
+			s->iov[s->niov++].iov_len = len;
+			s->len += len;
+			s->cb.aio_nbytes = s->niov;
+			d->ndirect++;
+			d->pend_bytes += len;
+			if (d->pend_bytes >= DIO_MERGE_MAX)
+				submit(d);
+			return 0;
+		}
+	}
 	if (d->nfree == 0) {
 		submit(d);
 		reap(d, 1);
@@ -329,25 +369,34 @@ dio_pwrite(struct dio *d, int dfd, int fd, const void *data, size_t len,
 		data = s->bounce;
 	}
 	s->fd = fd;
+	s->dfd = dfd;
+	s->off = off;
+	s->len = len;
+	s->iov[0].iov_base = (void *)(uintptr_t)data;
+	s->iov[0].iov_len = len;
+	s->niov = 1;
 	memset(&s->cb, 0, sizeof(s->cb));
 	s->cb.aio_data = k;
-	s->cb.aio_lio_opcode = IOCB_CMD_PWRITE;
+	s->cb.aio_lio_opcode = IOCB_CMD_PWRITEV;
 	s->cb.aio_fildes = (uint32_t)dfd;
-	s->cb.aio_buf = (uint64_t)(uintptr_t)data;
-	s->cb.aio_nbytes = len;
+	s->cb.aio_buf = (uint64_t)(uintptr_t)s->iov;
+	s->cb.aio_nbytes = 1;
 	s->cb.aio_offset = (int64_t)off;
 	d->pend[d->npend++] = &s->cb;
+	d->pend_bytes += len;
 	d->ndirect++;
-	if (d->npend >= DIO_BATCH || d->nfree == 0)
+	if (d->npend >= DIO_BATCH || d->nfree == 0 ||
+	    d->pend_bytes >= DIO_MERGE_MAX)
 		submit(d);
 	return 0;
 }
 
 void
-dio_counts(const struct dio *d, uint64_t *direct, uint64_t *buffered)
+dio_counts(const struct dio *d, struct dio_counts *c)
 {
-	*direct = d->ndirect;
-	*buffered = d->nbuffered;
+	c->direct = d->ndirect;
+	c->buffered = d->nbuffered;
+	c->iocbs = d->niocbs;
 }
 
 void

@@ -5,9 +5,10 @@
  * Linux native AIO, up to a queue depth at once; the file ends as if the
  * writes had been made one by one in the order given, because a write
  * that overlaps one still in flight waits for everything in flight first.
- * Other writes (not block-aligned, or with data too large to copy into an
- * aligned buffer) are made through the buffered descriptor, in order,
- * after what is in flight.
+ * Contiguous writes queued one right after the other go as one vectored
+ * write of up to 1 MiB.  Other writes (not block-aligned, or with data
+ * too large to copy into an aligned buffer) are made through the buffered
+ * descriptor, in order, after what is in flight.
  *
  * Why: small random writes into a page cache of large folios cost tens
  * of microseconds each in the kernel, and as much again to write back;
@@ -43,7 +44,12 @@ int dio_pwrite(struct dio *d, int dfd, int fd, const void *data, size_t len,
  * after an fdatasync, as any write).  On failure FD (if not NULL) is the
  * buffered descriptor of the write that failed first, or -1. */
 int dio_wait(struct dio *d, int *fd);
-/* Writes that went around the page cache, and through it, so far. */
-void dio_counts(const struct dio *d, uint64_t *direct, uint64_t *buffered);
+struct dio_counts {
+	uint64_t direct;	/* writes that went around the page cache */
+	uint64_t buffered;	/* writes that went through it */
+	uint64_t iocbs;		/* direct writes made (contiguous ones merged) */
+};
+
+void dio_counts(const struct dio *d, struct dio_counts *c);
 
 #endif

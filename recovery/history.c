@@ -151,14 +151,20 @@ play_undo(struct store *s, uint64_t q)
 			free(recs);
 			return sfail(s, "failover: %s", mdb_strerror(rc));
 		}
+		/* many at once around the page cache: written through it,
+		 * each 4 KiB block of an uncached image costs a read of the
+		 * rest of its folio */
 		for (size_t i = 0; i < n; i++)
-			if (pwrite_all(s, recs[i].disk,
+			if (pwrite_queue(s, recs[i].disk,
 			    recs[i].blk * STORE_BLOCK, s->buf + recs[i].off,
 			    recs[i].len) != 0) {
+				(void)pwrite_wait(s);
 				free(recs);
 				return -1;
 			}
 		free(recs);
+		if (pwrite_wait(s) != 0)
+			return -1;
 	}
 	return 0;
 }
@@ -170,7 +176,7 @@ restore_redo(struct store *s)
 	MDB_txn *txn;
 	MDB_cursor *cur;
 	MDB_val k, d;
-	uint8_t block[STORE_BLOCK];
+	size_t used = 0;	/* of s->buf: blocks queued (pwrite_queue) */
 	int rc, op = MDB_FIRST;
 
 	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
@@ -185,17 +191,28 @@ restore_redo(struct store *s)
 		size_t len;
 
 		op = MDB_NEXT;
-		if (br_decode(&k, &d, 0, &disk, &blk, block, &len,
+		if (used + STORE_BLOCK > CHUNK_BYTES) {
+			if (pwrite_wait(s) != 0) {
+				rc = EIO;
+				break;
+			}
+			used = 0;
+		}
+		if (br_decode(&k, &d, 0, &disk, &blk, s->buf + used, &len,
 		    NULL) != 0 ||
 		    disk >= s->info.ndisks) {
 			rc = MDB_CORRUPTED;
 			break;
 		}
-		if (pwrite_all(s, disk, blk * STORE_BLOCK, block, len) != 0) {
+		if (pwrite_queue(s, disk, blk * STORE_BLOCK, s->buf + used,
+		    len) != 0) {
 			rc = EIO;
 			break;
 		}
+		used += STORE_BLOCK;
 	}
+	if (pwrite_wait(s) != 0 && rc != EIO)
+		rc = EIO;
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
 	if (rc != MDB_NOTFOUND)

@@ -115,11 +115,12 @@ t_model(void **state)
 	struct dio *d = dio_open(8, 64u << 10);
 	void *bases[64];
 	size_t nb = 0;
-	uint64_t ndirect, nbuffered;
+	uint64_t last_end = 0;
+	struct dio_counts c;
 
 	assert_non_null(d);
 	for (int i = 0; i < 4000; i++) {
-		int kind = (int)(rnd() % 10);
+		int kind = (int)(rnd() % 13);
 		uint64_t off;
 		size_t len;
 		uint8_t *p;
@@ -136,6 +137,11 @@ t_model(void **state)
 		} else if (kind < 9) {	/* unaligned offset or length */
 			len = 1 + rnd() % 20000;
 			off = rnd() % (FSIZE - len);
+		} else if (kind >= 10 && last_end % DIO_BLOCK == 0 &&
+		    last_end + 16 * DIO_BLOCK <= FSIZE) {
+			/* right after the last one: merged with it */
+			off = last_end;
+			len = (1 + rnd() % 16) * DIO_BLOCK;
 		} else {		/* a hot spot: overlaps in flight */
 			off = (rnd() % 4) * DIO_BLOCK;
 			len = (1 + rnd() % 2) * DIO_BLOCK;
@@ -143,6 +149,7 @@ t_model(void **state)
 		p = make_data(len, rnd() % 4 == 0, &bases[nb++]);
 		assert_int_equal(dio_pwrite(d, f->dfd, f->fd, p, len, off), 0);
 		memcpy(f->model + off, p, len);
+		last_end = off + len;
 		if (nb == 64 || rnd() % 50 == 0) {
 			assert_int_equal(dio_wait(d, NULL), 0);
 			while (nb > 0)
@@ -155,10 +162,11 @@ t_model(void **state)
 	while (nb > 0)
 		free(bases[--nb]);
 	check_file(f, "at the end");
-	dio_counts(d, &ndirect, &nbuffered);
+	dio_counts(d, &c);
 	/* both ways really ran */
-	assert_true(ndirect > 1000);
-	assert_true(nbuffered > 500);
+	assert_true(c.direct > 1000);
+	assert_true(c.buffered > 500);
+	assert_true(c.iocbs < c.direct);	/* some were merged */
 	dio_close(d);
 }
 
@@ -197,6 +205,37 @@ t_same_block(void **state)
 	free(scratch);
 }
 
+/* 64 KiB pieces one after the other (the journal's): merged into 1 MiB
+ * writes; data that had to be copied is not merged and stays in order. */
+static void
+t_sequential(void **state)
+{
+	struct fx *f = *state;
+	struct dio *d = dio_open(32, 64u << 10);
+	struct dio_counts c;
+	void *bases[64];
+
+	assert_non_null(d);
+	for (int i = 0; i < 64; i++) {
+		size_t len = 64u << 10;
+		uint8_t *p = make_data(len, i % 9 == 8, &bases[i]);
+
+		assert_int_equal(dio_pwrite(d, f->dfd, f->fd, p, len,
+		    (uint64_t)i * len), 0);
+		memcpy(f->model + (size_t)i * len, p, len);
+	}
+	assert_int_equal(dio_wait(d, NULL), 0);
+	for (int i = 0; i < 64; i++)
+		free(bases[i]);
+	check_file(f, "after 64 pieces in a row");
+	dio_counts(d, &c);
+	assert_int_equal(c.direct, 64);
+	assert_int_equal(c.buffered, 0);
+	/* 7 copied pieces break the runs: at most 4 + 2 * 7 writes */
+	assert_true(c.iocbs <= 18);
+	dio_close(d);
+}
+
 /* A descriptor native AIO refuses (not open for writing): every write
  * goes through the cache, in order, and the file is right. */
 static void
@@ -207,7 +246,7 @@ t_refused(void **state)
 	struct dio *d = dio_open(4, 1u << 20);
 	void *base;
 	uint8_t *p;
-	uint64_t ndirect, nbuffered;
+	struct dio_counts c;
 
 	assert_true(rfd >= 0);
 	assert_non_null(d);
@@ -221,9 +260,9 @@ t_refused(void **state)
 	}
 	assert_int_equal(dio_wait(d, NULL), 0);
 	check_file(f, "after a refused descriptor");
-	dio_counts(d, &ndirect, &nbuffered);
-	assert_int_equal(ndirect, 0);
-	assert_int_equal(nbuffered, 64);
+	dio_counts(d, &c);
+	assert_int_equal(c.direct, 0);
+	assert_int_equal(c.buffered, 64);
 	dio_close(d);
 	free(base);
 	close(rfd);
@@ -294,6 +333,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(t_model, setup, teardown),
 		cmocka_unit_test_setup_teardown(t_same_block, setup, teardown),
+		cmocka_unit_test_setup_teardown(t_sequential, setup, teardown),
 		cmocka_unit_test_setup_teardown(t_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(t_failure, setup, teardown),
 	};
