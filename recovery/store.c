@@ -196,6 +196,9 @@ par_for(size_t n, size_t maxth, void (*fn)(void *, size_t), void *arg)
 static void
 close_disks(struct store *s)
 {
+	if (s->dio != NULL)	/* nothing in flight on what is closed */
+		(void)dio_wait(s->dio, NULL);
+	s->sbuf_used = 0;
 	for (size_t i = 0; i < STORE_MAX_DISKS; i++) {
 		if (s->fds[i] >= 0)
 			close(s->fds[i]);
@@ -681,6 +684,7 @@ store_close(struct store *s)
 		return;
 	mem_wait(s);	/* what it did not apply comes again */
 	dio_close(s->dio);
+	s->dio = NULL;
 	close_disks(s);
 	ul_close(s);
 	if (s->stage)
@@ -690,6 +694,7 @@ store_close(struct store *s)
 		mdb_env_close(s->env);
 	}
 	free(s->buf);
+	free(s->sbuf);
 	for (int i = 0; i < 2; i++) {
 		free(s->mc[i].e);
 		free(s->mc[i].buf);
@@ -801,16 +806,56 @@ check_range(struct store *s, uint32_t disk, uint64_t off, uint64_t len)
 	return 0;
 }
 
+/* Wait for the initial copy's writes queued around the page cache. */
+static int
+sync_wait(struct store *s)
+{
+	s->sbuf_used = 0;
+	return pwrite_wait(s);
+}
+
+/*
+ * The initial copy's data goes around the page cache: copied into the
+ * staging buffer (its pages are reused; written through the cache, the
+ * copy into a new page of the cache took two thirds of the DR daemon's
+ * CPU), queued in pieces the writer takes whole (merged again into
+ * larger writes), and waited for when the buffer is full, before
+ * anything else, and before the cursor is made durable.
+ */
 int
 store_sync_write(struct store *s, uint32_t disk, uint64_t off, uint32_t len,
     const void *data)
 {
+	const uint8_t *p = data;
+
 	if (s->info.state != STORE_SYNCING)
 		return sfail(s, "no initial copy under way");
 	if (check_range(s, disk, off, len) != 0)
 		return -1;
-	return data ? pwrite_all(s, disk, off, data, len) :
-	    zero_disk(s, disk, off, len);
+	if (data == NULL || s->dio == NULL || s->dfds[disk] < 0 ||
+	    off % DIO_BLOCK || len % DIO_BLOCK || len > SYNC_STAGE) {
+		if (sync_wait(s) != 0)
+			return -1;
+		return data ? pwrite_all(s, disk, off, data, len) :
+		    zero_disk(s, disk, off, len);
+	}
+	if (s->sbuf == NULL && posix_memalign((void **)&s->sbuf, DIO_BLOCK,
+	    SYNC_STAGE) != 0) {
+		s->sbuf = NULL;
+		return sfail(s, "out of memory");
+	}
+	if (s->sbuf_used + len > SYNC_STAGE && sync_wait(s) != 0)
+		return -1;
+	memcpy(s->sbuf + s->sbuf_used, p, len);
+	for (uint32_t done = 0; done < len; done += DIO_MAX) {
+		uint32_t n = len - done < DIO_MAX ? len - done : DIO_MAX;
+
+		if (pwrite_queue(s, disk, off + done, s->sbuf + s->sbuf_used +
+		    done, n) != 0)
+			return -1;
+	}
+	s->sbuf_used += len;
+	return 0;
 }
 
 int
@@ -847,7 +892,7 @@ store_sync_checkpoint(struct store *s)
 	if (s->cur_disk == s->info.sync_disk && s->cur_off == s->info.sync_off &&
 	    s->cur_base == s->info.sync_base)
 		return 0;
-	if (sync_disks(s) != 0)
+	if (sync_wait(s) != 0 || sync_disks(s) != 0)
 		return -1;
 	s->info.sync_disk = s->cur_disk;
 	s->info.sync_off = s->cur_off;
@@ -860,7 +905,7 @@ store_sync_done(struct store *s, uint64_t base_seq)
 {
 	if (s->info.state != STORE_SYNCING)
 		return sfail(s, "no initial copy under way");
-	if (sync_disks(s) != 0)
+	if (sync_wait(s) != 0 || sync_disks(s) != 0)
 		return -1;
 	s->info.state = STORE_NORMAL;
 	s->info.applied_seq = base_seq;

@@ -25,6 +25,7 @@
 #define AHEAD_BYTES	(8u << 20)	/* staged data that is applied ahead */
 #define DIO_DEPTH	32		/* image writes in flight at once */
 #define DIO_MAX		(64u << 10)	/* larger writes through the cache */
+#define SYNC_STAGE	(8u << 20)	/* initial copy data written at once */
 
 /* Block record keys: PREFIX then disk(4) block(8) flag(1) inline data;
  * with BR_ZERO or BR_REF the flag is followed by the length (4), and a
@@ -56,6 +57,8 @@ struct store {
 	char *paths[STORE_MAX_DISKS];
 	struct dio *dio;	/* applies entries around the page cache,
 				 * or NULL: through it (dio.h) */
+	uint8_t *sbuf;		/* SYNC_STAGE: the initial copy's data */
+	size_t sbuf_used;	/*   queued, not yet waited for */
 	struct store_info info;
 	uint64_t rolling;	/* a failover playback is under way */
 	uint64_t img_seq;	/* entries up to this are in the images */
