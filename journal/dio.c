@@ -76,6 +76,19 @@ sys_io_getevents(aio_context_t ctx, long min, long max, struct io_event *ev)
 	return syscall(SYS_io_getevents, ctx, min, max, ev, NULL);
 }
 
+static void
+free_dio(struct dio *d)
+{
+	for (unsigned i = 0; d->slots != NULL && i < d->depth; i++)
+		free(d->slots[i].bounce);
+	free(d->slots);
+	free(d->freel);
+	free(d->pend);
+	free(d->ev);
+	free(d->set);
+	free(d);
+}
+
 struct dio *
 dio_open(unsigned depth, size_t max_direct)
 {
@@ -100,12 +113,7 @@ dio_open(unsigned depth, size_t max_direct)
 fail:;
 	int e = errno;
 
-	free(d->slots);
-	free(d->freel);
-	free(d->pend);
-	free(d->ev);
-	free(d->set);
-	free(d);
+	free_dio(d);
 	errno = e;
 	return NULL;
 }
@@ -406,12 +414,5 @@ dio_close(struct dio *d)
 		return;
 	(void)dio_wait(d, NULL);
 	sys_io_destroy(d->ctx);
-	for (unsigned i = 0; i < d->depth; i++)
-		free(d->slots[i].bounce);
-	free(d->slots);
-	free(d->freel);
-	free(d->pend);
-	free(d->ev);
-	free(d->set);
-	free(d);
+	free_dio(d);
 }

@@ -279,6 +279,7 @@ run_writer(void *arg)
 	struct jlog *l = arg;
 	uint64_t one = 1;
 
+	(void)pthread_setname_np(pthread_self(), "jlog");
 	pthread_mutex_lock(&l->mu);
 	for (;;) {
 		struct jlog_run r;

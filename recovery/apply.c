@@ -626,6 +626,7 @@ flusher(void *arg)
 	struct store *s = arg;
 
 	in_flusher = 1;
+	(void)pthread_setname_np(pthread_self(), "flush");
 	flush_job(s);
 	return NULL;
 }

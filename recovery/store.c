@@ -171,6 +171,13 @@ par_worker(void *arg)
 	return NULL;
 }
 
+static void *
+par_thread(void *arg)
+{
+	(void)pthread_setname_np(pthread_self(), "par");
+	return par_worker(arg);
+}
+
 void
 par_for(size_t n, size_t maxth, void (*fn)(void *, size_t), void *arg)
 {
@@ -183,7 +190,7 @@ par_for(size_t n, size_t maxth, void (*fn)(void *, size_t), void *arg)
 	if (nth > PAR_MAX)
 		nth = PAR_MAX;
 	for (; started < nth; started++)
-		if (pthread_create(&th[started], NULL, par_worker, &p) != 0)
+		if (pthread_create(&th[started], NULL, par_thread, &p) != 0)
 			break;
 	par_worker(&p);	/* this thread too; fewer threads still finish */
 	for (size_t i = 0; i < started; i++)

@@ -106,6 +106,7 @@ shipper(void *arg)
 {
 	struct daemon *d = arg;
 
+	(void)pthread_setname_np(pthread_self(), "ship");
 	event_base_loop(d->sbase, EVLOOP_NO_EXIT_ON_EMPTY);
 	frame_thread_end();
 	return NULL;

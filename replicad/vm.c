@@ -141,6 +141,11 @@ iw_main(void *arg)
 	struct pvm *vm = arg;
 	struct pop *q = NULL;
 	size_t n = 0, cap = 0;
+	char name[16];
+
+	/* "iw/VM" as top -H shows it (15 bytes at most) */
+	snprintf(name, sizeof(name), "iw/%s", vm->cfg->name);
+	(void)pthread_setname_np(pthread_self(), name);
 
 	pthread_mutex_lock(&vm->iw_mu);
 	for (;;) {

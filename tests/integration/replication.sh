@@ -54,6 +54,12 @@ drained() {
 }
 check "the journal is trimmed once the DR site has it" drained
 
+# the threads are named for top -H (replicad(8))
+thread_names() { cat /proc/"$1"/task/*/comm | sort -u | tr '\n' ' '; }
+names=$(thread_names "$A_PID")
+check "the primary's threads are named (got: $names)" \
+	grep -q "iw/web01 .*jlog .*ship" <<<"$names"
+
 # an interval point cut by the primary itself would also be listed; these
 # are the ones we know the bytes of
 rb --json points web01 >"$T/points.json"

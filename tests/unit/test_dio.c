@@ -28,16 +28,8 @@
 #define FSIZE	(4u << 20)
 #define MAXW	(256u << 10)	/* largest write the model makes */
 
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-
-static uint64_t
-rnd(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
-}
+#define RNG_SEED	0x2545f4914f6cdd1dull
+#include "xorshift.h"
 
 struct fx {
 	char dir[64], path[96];

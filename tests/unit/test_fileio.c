@@ -20,16 +20,8 @@
 
 #define FSIZE	((4u << 20) + 512)	/* not a whole number of blocks */
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-static uint64_t
-rnd(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
-}
+#define RNG_SEED	0x9e3779b97f4a7c15ull
+#include "xorshift.h"
 
 /* Every range from a fixed list and RANDOM random ones, read both ways. */
 static void

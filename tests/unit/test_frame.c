@@ -17,16 +17,8 @@
 
 #include "frame.h"
 
-static uint64_t rng = 0x243f6a8885a308d3ull;
-
-static uint64_t
-rnd(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
-}
+#define RNG_SEED	0x243f6a8885a308d3ull
+#include "xorshift.h"
 
 static uint32_t
 hdr_len(const uint8_t *f)
