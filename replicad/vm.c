@@ -204,7 +204,11 @@ iw_start(struct pvm *vm)
 {
 	int mu, work = -1, idle = -1;
 
-	vm->iw_dio = dio_open(IW_DEPTH, IW_DIRECT_MAX);	/* NULL: buffered writes */
+	/* NULL (no native AIO, or fs.aio-max-nr reached): buffered writes */
+	if ((vm->iw_dio = dio_open(IW_DEPTH, IW_DIRECT_MAX)) == NULL)
+		log_info("vm %s: image writes through the page cache (native "
+		    "AIO: %s)", vm->cfg->name, errno == EAGAIN ?
+		    "fs.aio-max-nr reached" : strerror(errno));
 
 	if ((mu = pthread_mutex_init(&vm->iw_mu, NULL)) != 0 ||
 	    (work = pthread_cond_init(&vm->iw_work, NULL)) != 0 ||
