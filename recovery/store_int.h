@@ -21,7 +21,7 @@
 #define CHUNK_BYTES	(16u << 20)	/* data handled per transaction */
 #define PV_HDR		34		/* point value header */
 #define RUN_BLOCKS	256		/* before-images read with one pread */
-#define CAPTURE_THREADS	8		/* before-image reads at once */
+#define CAPTURE_THREADS	16		/* before-image reads at once */
 #define AHEAD_BYTES	(8u << 20)	/* staged data that is applied ahead */
 #define DIO_DEPTH	32		/* image writes in flight at once */
 #define DIO_MAX		(64u << 10)	/* larger writes through the cache */
