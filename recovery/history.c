@@ -21,7 +21,8 @@ keep_redo(struct store *s, MDB_txn *txn, const struct cblk *bl, size_t n)
 
 	if (n == 0)
 		return 0;
-	if ((buf = malloc(n * STORE_BLOCK)) == NULL)
+	/* aligned: read around the page cache (read_blocks) */
+	if (posix_memalign((void **)&buf, DIO_BLOCK, n * STORE_BLOCK) != 0)
 		return ENOMEM;
 	if (read_blocks(s, bl, n, buf) != 0) {
 		free(buf);

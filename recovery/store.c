@@ -238,7 +238,7 @@ open_disks(struct store *s, int create)
 			return sfail(s, "size %s: %s", s->paths[i],
 			    strerror(errno));
 		/* where the file system has no O_DIRECT, through the cache */
-		s->dfds[i] = open(s->paths[i], O_WRONLY | O_CLOEXEC |
+		s->dfds[i] = open(s->paths[i], O_RDWR | O_CLOEXEC |
 		    O_DIRECT);
 	}
 	return 0;

@@ -53,7 +53,8 @@ struct store {
 	MDB_dbi meta, points, undo, redo;
 	struct journal *stage;
 	int fds[STORE_MAX_DISKS];
-	int dfds[STORE_MAX_DISKS];	/* the same, O_DIRECT, or -1 */
+	int dfds[STORE_MAX_DISKS];	/* the same, O_DIRECT (image writes,
+					 * before-image reads), or -1 */
 	char *paths[STORE_MAX_DISKS];
 	struct dio *dio;	/* applies entries around the page cache,
 				 * or NULL: through it (dio.h) */
