@@ -8,7 +8,6 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #define DIO_BATCH	16		/* iocbs per io_submit */
@@ -137,18 +136,25 @@ slot_buffered(struct dio *d, struct slot *s, size_t skip)
 		const uint8_t *p = s->iov[i].iov_base;
 		size_t n = s->iov[i].iov_len;
 
-		if (skip >= n) {
-			skip -= n;
-			off += n;
-			continue;
-		}
-		if (pwrite_full(s->fd, p + skip, n - skip, off + skip) != 0) {
+		if (skip < n && pwrite_full(s->fd, p + skip, n - skip,
+		    off + skip) != 0) {
 			fail_with(d, s->fd, errno);
 			return;
 		}
+		skip = skip > n ? skip - n : 0;
 		off += n;
-		skip = 0;
 	}
+}
+
+/* The kernel would not take slot S around the cache: it, and every
+ * write from now on, goes through it (nothing in flight overlaps S). */
+static void
+slot_refused(struct dio *d, struct slot *s)
+{
+	d->nodirect = 1;
+	d->ndirect -= s->niov;
+	d->nbuffered += s->niov;
+	slot_buffered(d, s, 0);
 }
 
 /* Reap at least MIN completions. */
@@ -173,13 +179,8 @@ reap(struct dio *d, unsigned min)
 			long long res = d->ev[i].res;
 
 			if (res == -EINVAL) {
-				/* the file system wants another alignment:
-				 * this one, and all from now, through the
-				 * cache (nothing in flight overlaps it) */
-				d->nodirect = 1;
-				d->ndirect -= s->niov;
-				d->nbuffered += s->niov;
-				slot_buffered(d, s, 0);
+				/* the file system wants another alignment */
+				slot_refused(d, s);
 			} else if (res < 0) {
 				fail_with(d, s->fd, (int)-res);
 			} else if ((uint64_t)res < s->len) {
@@ -217,16 +218,11 @@ submit(struct dio *d)
 			reap(d, 1);
 			continue;
 		}
-		/* refused: this one (and the rest) the buffered way; none
-		 * overlaps what is in flight */
-		d->nodirect = 1;
+		/* refused: this one and the rest */
 		for (; done < d->npend; done++) {
 			unsigned k = (unsigned)d->pend[done]->aio_data;
-			struct slot *s = &d->slots[k];
 
-			slot_buffered(d, s, 0);
-			d->ndirect -= s->niov;
-			d->nbuffered += s->niov;
+			slot_refused(d, &d->slots[k]);
 			d->freel[d->nfree++] = k;
 		}
 	}

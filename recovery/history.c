@@ -152,9 +152,9 @@ play_undo(struct store *s, uint64_t q)
 			free(recs);
 			return sfail(s, "failover: %s", mdb_strerror(rc));
 		}
-		/* many at once around the page cache: written through it,
-		 * each 4 KiB block of an uncached image costs a read of the
-		 * rest of its folio */
+		/* many at once around the page cache: the image's pages
+		 * are not cached, and writing through it into them made ten
+		 * points back on 8 GiB take 5.5 s instead of 2.5 (README) */
 		for (size_t i = 0; i < n; i++)
 			if (pwrite_queue(s, recs[i].disk,
 			    recs[i].blk * STORE_BLOCK, s->buf + recs[i].off,

@@ -281,8 +281,8 @@ pwrite_wait(struct store *s)
 
 	if (s->dio == NULL || dio_wait(s->dio, &fd) == 0)
 		return 0;
-	for (size_t i = 0; i < s->info.ndisks; i++)
-		if (fd >= 0 && s->fds[i] == fd)
+	for (size_t i = 0; fd >= 0 && i < s->info.ndisks; i++)
+		if (s->fds[i] == fd)
 			what = s->paths[i];
 	return sfail(s, "write %s: %s", what, strerror(errno));
 }
@@ -833,8 +833,6 @@ int
 store_sync_write(struct store *s, uint32_t disk, uint64_t off, uint32_t len,
     const void *data)
 {
-	const uint8_t *p = data;
-
 	if (s->info.state != STORE_SYNCING)
 		return sfail(s, "no initial copy under way");
 	if (check_range(s, disk, off, len) != 0)
@@ -853,7 +851,7 @@ store_sync_write(struct store *s, uint32_t disk, uint64_t off, uint32_t len,
 	}
 	if (s->sbuf_used + len > SYNC_STAGE && sync_wait(s) != 0)
 		return -1;
-	memcpy(s->sbuf + s->sbuf_used, p, len);
+	memcpy(s->sbuf + s->sbuf_used, data, len);
 	for (uint32_t done = 0; done < len; done += DIO_MAX) {
 		uint32_t n = len - done < DIO_MAX ? len - done : DIO_MAX;
 
