@@ -37,6 +37,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "evread.h"
 #include "log.h"
 #include "nbd.h"
 
@@ -943,7 +944,7 @@ resume_cb(evutil_socket_t fd, short ev, void *arg)
 static void
 read_cb(struct bufferevent *bev, void *arg)
 {
-	(void)bev;
+	bev_read_more(bev, NBD_READ_MAX);
 	conn_process(arg);
 }
 
@@ -1063,8 +1064,7 @@ accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOWAT, 0);
-	/* big writes arrive in few reads, not 16 KiB ones */
-	bufferevent_set_max_single_read(c->bev, NBD_READ_MAX);
+	/* big replies leave in few writes (reads: read_cb) */
 	bufferevent_set_max_single_write(c->bev, NBD_READ_MAX);
 	bufferevent_set_timeouts(c->bev, &tv, NULL);
 	put64(hello, NBD_MAGIC);

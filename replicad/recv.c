@@ -18,6 +18,7 @@
 #include <event2/event.h>
 
 #include "daemon.h"
+#include "evread.h"
 #include "log.h"
 
 #define ACK_BYTES	(64u << 20)	/* staged bytes between acks */
@@ -701,6 +702,7 @@ read_cb(struct bufferevent *bev, void *arg)
 	struct rconn *c = arg;
 	char err[256];
 
+	bev_read_more(bev, RECV_HIWAT);
 	if (wire_drain(bufferevent_get_input(bev), on_frame, c, err,
 	    sizeof(err)) != 0) {
 		if (err[0])
