@@ -27,7 +27,12 @@ read_more(struct evbuffer *in, evutil_socket_t fd, size_t max)
 		if ((n = evbuffer_reserve_space(in, (ev_ssize_t)want, v,
 		    2)) <= 0)
 			return;
+		/* the space reserved may be larger than asked */
+		left = want;
 		for (int i = 0; i < n; i++) {
+			if (v[i].iov_len > left)
+				v[i].iov_len = left;
+			left -= v[i].iov_len;
 			iov[i].iov_base = v[i].iov_base;
 			iov[i].iov_len = v[i].iov_len;
 		}
