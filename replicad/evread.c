@@ -10,12 +10,23 @@
 /* Bytes asked of the socket per read(2). */
 #define READ_CHUNK	(256u << 10)
 
+/* Shorten the N vectors of V to LEN bytes in all. */
+static void
+clamp(struct evbuffer_iovec *v, int n, size_t len)
+{
+	for (int i = 0; i < n; i++) {
+		if (v[i].iov_len > len)
+			v[i].iov_len = len;
+		len -= v[i].iov_len;
+	}
+}
+
 /* Read from FD into IN until IN holds MAX bytes or FD has no more. */
 static void
 read_more(struct evbuffer *in, evutil_socket_t fd, size_t max)
 {
 	for (;;) {
-		size_t have = evbuffer_get_length(in), want, left;
+		size_t have = evbuffer_get_length(in), want;
 		struct evbuffer_iovec v[2];
 		struct iovec iov[2];
 		ssize_t r;
@@ -28,11 +39,8 @@ read_more(struct evbuffer *in, evutil_socket_t fd, size_t max)
 		    2)) <= 0)
 			return;
 		/* the space reserved may be larger than asked */
-		left = want;
+		clamp(v, n, want);
 		for (int i = 0; i < n; i++) {
-			if (v[i].iov_len > left)
-				v[i].iov_len = left;
-			left -= v[i].iov_len;
 			iov[i].iov_base = v[i].iov_base;
 			iov[i].iov_len = v[i].iov_len;
 		}
@@ -40,12 +48,7 @@ read_more(struct evbuffer *in, evutil_socket_t fd, size_t max)
 			evbuffer_commit_space(in, v, 0);
 			return;
 		}
-		left = (size_t)r;
-		for (int i = 0; i < n; i++) {
-			if (v[i].iov_len > left)
-				v[i].iov_len = left;
-			left -= v[i].iov_len;
-		}
+		clamp(v, n, (size_t)r);
 		if (evbuffer_commit_space(in, v, n) != 0)
 			return;
 		/* a short read: the socket is most likely empty */

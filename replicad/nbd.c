@@ -130,7 +130,7 @@
 #define MAX_INFLIGHT		256	/* pending async requests per conn */
 #define OUT_HIWAT		(64u << 20)	/* stop reading above this */
 #define OUT_LOWAT		(16u << 20)	/* resume below this */
-#define NBD_READ_MAX		(4u << 20)	/* bytes per read or write call */
+#define NBD_READ_MAX		(4u << 20)	/* input read at once; bytes per write call */
 #define BLOCK_MIN		1
 #define BLOCK_PREF		4096
 
