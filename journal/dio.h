@@ -52,4 +52,30 @@ struct dio_counts {
 
 void dio_counts(const struct dio *d, struct dio_counts *c);
 
+/* Reads around the page cache, many at once (one AIO context, kept). */
+struct dio_reader;
+
+/* NULL with errno set where the kernel gives no AIO context. */
+struct dio_reader *dio_reader_open(unsigned depth);
+/* Nothing is in flight between calls to dio_read_all. */
+void dio_reader_close(struct dio_reader *r);
+
+/* A read for dio_read_all: LEN bytes at OFF of DFD (opened O_DIRECT)
+ * into BUF; all three aligned to DIO_BLOCK. */
+struct dio_read {
+	int dfd;
+	void *buf;
+	size_t len;
+	uint64_t off;
+	int err;	/* out: 0, or the errno of this read (a short read is
+			 * EIO; EINVAL, most often, an alignment the file
+			 * system refuses) */
+};
+
+/* Make every read of R[0..N), up to the reader's depth at once, and
+ * independent of one another: each says in its err how it went (one the
+ * kernel refused to queue, too).  -1 only when out of memory (nothing
+ * was read then); nothing is in flight on return. */
+int dio_read_all(struct dio_reader *rdr, struct dio_read *r, size_t n);
+
 #endif

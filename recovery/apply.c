@@ -246,6 +246,13 @@ store_sync_poll(struct store *s, uint64_t *seq)
 	return 1;
 }
 
+int
+store_flushing(struct store *s)
+{
+	return s->fl_m != NULL &&
+	    !__atomic_load_n(&s->fl_done, __ATOMIC_ACQUIRE);
+}
+
 void
 store_settle(struct store *s)
 {
@@ -360,14 +367,57 @@ cread_one(void *arg, size_t i)
 		u->err = errno ? errno : EIO;
 }
 
-/* Read every run, with up to CAPTURE_THREADS threads. */
+/*
+ * Read every run: those of whole blocks around the page cache with native
+ * AIO, CAPTURE_DEPTH at once (one thread, a system call per 16 reads);
+ * the others, and any the kernel would not take that way, with up to
+ * CAPTURE_THREADS threads (cread_one).  Before, every run took its own
+ * pread from one of 16 threads, and two lseeks to skip holes (a read
+ * around the cache does not fill it with a hole's zeroes anyway).
+ */
 static int
 read_runs(struct store *s, struct crun *runs, size_t nruns, uint8_t *buf)
 {
+	struct dio_read *rd = calloc(nruns, sizeof(*rd));
+	size_t *at = calloc(nruns, sizeof(*at)), nrd = 0, nleft = 0;
 	struct cread r = { s, runs, buf };
 
-	par_for(nruns, CAPTURE_THREADS, cread_one, &r);
-	for (size_t i = 0; i < nruns; i++)
+	if (rd == NULL || at == NULL) {
+		free(rd);
+		free(at);
+		return sfail(s, "out of memory");
+	}
+	for (size_t i = 0; i < nruns; i++) {
+		struct crun *u = &runs[i];
+		uint8_t *p = buf + u->at;
+		int dfd = s->dfds[u->disk];
+
+		if (dfd >= 0 && (uintptr_t)p % DIO_BLOCK == 0 &&
+		    u->off % DIO_BLOCK == 0 && u->len % DIO_BLOCK == 0) {
+			rd[nrd].dfd = dfd;
+			rd[nrd].buf = p;
+			rd[nrd].len = u->len;
+			rd[nrd].off = u->off;
+			at[nrd++] = i;
+		}
+	}
+	if (nrd > 0 && s->rdio == NULL && !s->rdio_none &&
+	    (s->rdio = dio_reader_open(CAPTURE_DEPTH)) == NULL)
+		s->rdio_none = 1;	/* no AIO context: threads only */
+	if (nrd > 0 && (s->rdio == NULL || dio_read_all(s->rdio, rd,
+	    nrd) != 0))
+		for (size_t k = 0; k < nrd; k++)
+			rd[k].err = EAGAIN;	/* read another way */
+	/* what is left, in place at the front of RUNS (ascending: K <= I) */
+	for (size_t i = 0, k = 0; i < nruns; i++) {
+		if (k < nrd && at[k] == i && rd[k++].err == 0)
+			continue;
+		runs[nleft++] = runs[i];
+	}
+	free(rd);
+	free(at);
+	par_for(nleft, CAPTURE_THREADS, cread_one, &r);
+	for (size_t i = 0; i < nleft; i++)
 		if (runs[i].err)
 			return sfail(s, "read %s: %s", s->paths[runs[i].disk],
 			    strerror(runs[i].err));

@@ -692,6 +692,8 @@ store_close(struct store *s)
 	mem_wait(s);	/* what it did not apply comes again */
 	dio_close(s->dio);
 	s->dio = NULL;
+	dio_reader_close(s->rdio);
+	s->rdio = NULL;
 	close_disks(s);
 	ul_close(s);
 	if (s->stage)

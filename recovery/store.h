@@ -127,6 +127,9 @@ int store_sync_start(struct store *s);
  * durable mark moved since the last store_stage_sync or store_sync_poll
  * and nothing staged after it waits for a sync, 0 if not, -1 on error. */
 int store_sync_poll(struct store *s, uint64_t *seq);
+/* 1 while the flusher thread applies a chunk (a store_stage_sync would
+ * wait for it), else 0. */
+int store_flushing(struct store *s);
 /* Apply every staged complete point (unless failed over).  Returns the
  * number of points applied or -1. */
 int store_apply(struct store *s);

@@ -22,6 +22,7 @@
 #define PV_HDR		34		/* point value header */
 #define RUN_BLOCKS	256		/* before-images read with one pread */
 #define CAPTURE_THREADS	16		/* before-image reads at once */
+#define CAPTURE_DEPTH	64		/*   around the page cache (AIO) */
 #define AHEAD_BYTES	(8u << 20)	/* staged data that is applied ahead */
 #define DIO_DEPTH	32		/* image writes in flight at once */
 #define DIO_MAX		(64u << 10)	/* larger writes through the cache */
@@ -56,6 +57,8 @@ struct store {
 	int dfds[STORE_MAX_DISKS];	/* the same, O_DIRECT (image writes,
 					 * before-image reads), or -1 */
 	char *paths[STORE_MAX_DISKS];
+	struct dio_reader *rdio;	/* before-image reads (read_runs) */
+	int rdio_none;		/*   the kernel gave it no AIO context */
 	struct dio *dio;	/* applies entries around the page cache,
 				 * or NULL: through it (dio.h) */
 	uint8_t *sbuf;		/* SYNC_STAGE: the initial copy's data */

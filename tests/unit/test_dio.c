@@ -6,6 +6,8 @@
  * give, whatever the mix of aligned and unaligned offsets, lengths and
  * data, overlaps while writes are in flight, and writes too large to go
  * around the cache; a refused descriptor and a failing one are handled.
+ * Reads many at once around the cache (dio_read_all) return the file's
+ * bytes, and each read the kernel refuses says why on its own.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -319,6 +321,79 @@ t_failure(void **state)
 	close(ro);
 }
 
+/*
+ * Many reads at once around the page cache (dio_read_all): every read
+ * of a run of whole blocks returns the file's bytes, a hole reads as
+ * zeroes, more reads than the depth all complete, and reads the kernel
+ * refuses say so each on its own (misaligned: EINVAL; past the end:
+ * short, EIO; a bad descriptor: EBADF) while the others still succeed.
+ */
+static void
+t_read_all(void **state)
+{
+	struct fx *f = *state;
+	enum { NR = 300 };
+	struct dio_read rd[NR + 3];
+	struct dio_reader *r;
+	uint8_t *buf = NULL;
+	int rfd;
+
+	/* data everywhere, then a hole of 16 blocks punched at 1 MiB */
+	for (size_t i = 0; i < FSIZE; i++)
+		f->model[i] = (uint8_t)(rnd() >> 24);
+	assert_int_equal(pwrite_full(f->fd, f->model, FSIZE, 0), 0);
+	assert_int_equal(fsync(f->fd), 0);
+	if (zero_range(f->fd, 1u << 20, 16 * DIO_BLOCK) == 0)
+		memset(f->model + (1u << 20), 0, 16 * DIO_BLOCK);
+	rfd = open(f->path, O_RDONLY | O_DIRECT);
+	assert_true(rfd >= 0);
+	assert_non_null(r = dio_reader_open(8));
+	assert_int_equal(posix_memalign((void **)&buf, DIO_BLOCK,
+	    (NR + 3) * 4 * (size_t)DIO_BLOCK), 0);
+	memset(buf, 0xee, (NR + 3) * 4 * (size_t)DIO_BLOCK);
+	for (size_t i = 0; i < NR; i++) {
+		uint64_t nb = 1 + rnd() % 4;
+		uint64_t blk = rnd() % (FSIZE / DIO_BLOCK - nb + 1);
+
+		if (i == 7)	/* across the hole's start */
+			blk = (1u << 20) / DIO_BLOCK - 2;
+		rd[i].dfd = rfd;
+		rd[i].buf = buf + i * 4 * (size_t)DIO_BLOCK;
+		rd[i].len = nb * DIO_BLOCK;
+		rd[i].off = blk * DIO_BLOCK;
+	}
+	/* misaligned buffer, past the end, a descriptor that is not open */
+	rd[NR] = (struct dio_read){ rfd, buf + NR * 4 * (size_t)DIO_BLOCK + 1,
+	    DIO_BLOCK, 0, 0 };
+	rd[NR + 1] = (struct dio_read){ rfd, buf + (NR + 1) * 4 *
+	    (size_t)DIO_BLOCK, 2 * DIO_BLOCK, FSIZE - DIO_BLOCK, 0 };
+	rd[NR + 2] = (struct dio_read){ 999, buf + (NR + 2) * 4 *
+	    (size_t)DIO_BLOCK, DIO_BLOCK, 0, 0 };
+	assert_int_equal(dio_read_all(r, rd, NR + 3), 0);
+	/* the last queued first: those would be the ones still in flight */
+	for (size_t i = NR; i-- > 0;) {
+		if (rd[i].err != 0)
+			fail_msg("read %zu (%zu bytes at %llu): %s", i,
+			    rd[i].len, (unsigned long long)rd[i].off,
+			    strerror(rd[i].err));
+		if (memcmp(rd[i].buf, f->model + rd[i].off, rd[i].len) != 0)
+			fail_msg("read %zu (%zu bytes at %llu) differs from "
+			    "the file", i, rd[i].len,
+			    (unsigned long long)rd[i].off);
+	}
+	assert_int_equal(rd[NR].err, EINVAL);
+	assert_int_equal(rd[NR + 1].err, EIO);
+	assert_int_equal(rd[NR + 2].err, EBADF);
+	/* the reader is used again, and nothing was left in flight */
+	assert_int_equal(dio_read_all(r, rd, 2), 0);
+	assert_int_equal(rd[0].err, 0);
+	assert_memory_equal(rd[1].buf, f->model + rd[1].off, rd[1].len);
+	assert_int_equal(dio_read_all(r, rd, 0), 0);
+	dio_reader_close(r);
+	free(buf);
+	close(rfd);
+}
+
 int
 main(void)
 {
@@ -328,6 +403,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(t_sequential, setup, teardown),
 		cmocka_unit_test_setup_teardown(t_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(t_failure, setup, teardown),
+		cmocka_unit_test_setup_teardown(t_read_all, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
