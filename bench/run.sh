@@ -170,13 +170,28 @@ sshd2_up() {
 # rewrite URI SIZE_BYTES NBLOCKS SEED: NBLOCKS distinct 4 KiB blocks of the
 # export rewritten at random with fresh random data (fio's random map makes
 # them distinct), QD32, flushed at the end
+# Each write's latency goes to a log with its completion time (unix epoch
+# ms), so that io_span can tell when the first write was issued and the
+# last one completed: fio itself takes about 0.25 s to start before its
+# first write, time that is not the rewrite's.
 rewrite() {
+	rm -f "$BENCH_DIR"/rw_*.log
 	fio --name=rewrite --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k \
 	    --iodepth=32 --size="$2" --io_size=$(($3 * 4096)) \
 	    --randrepeat=1 --randseed="$4" --refill_buffers --end_fsync=1 \
+	    --write_lat_log="$BENCH_DIR/rw" --log_unix_epoch=1 \
 	    --output-format=json --output="$BENCH_DIR/rewrite.json" \
 	    >"$BENCH_DIR/rewrite.err" 2>&1 ||
 	    { cat "$BENCH_DIR/rewrite.err" >&2; return 1; }
+}
+
+# "FIRST LAST" of the last rewrite, in seconds since the epoch: when its
+# first write was issued (completion less latency) and when its last
+# write completed (the end_fsync's flush comes after).
+io_span() {
+	awk -F', *' 'NR == 1 || $1 - $2 / 1e6 < f { f = $1 - $2 / 1e6 }
+	    $1 > l { l = $1 } END { printf "%.3f %.3f\n", f / 1000, l / 1000 }' \
+	    "$BENCH_DIR/rw_lat.1.log"
 }
 
 fill_random() { head -c "$(stat -c %s "$1")" /dev/urandom | dd of="$1" bs=1M conv=notrunc status=none; }
@@ -371,16 +386,20 @@ bench_cycle() {
 	note cycle "replicad initial copy of $CYCLE_SIZE of random data: $INITIAL_SECS s ($(mbps "$n" "$INITIAL_SECS") MB/s)"
 	# CYCLE_REPEAT - 1 rounds on other blocks first: the figures are the
 	# medians of all rounds (this machine's disk varies from run to run)
-	local k all="" tails="" tail
+	# Timed from the first write (io_span), not from fio's start, and
+	# the tail from the last write's completion; the figure from fio's
+	# start is kept in a note.
+	local k all="" tails="" tail fromfio="" span f l
 	for k in $(seq 2 "$CYCLE_REPEAT"); do
 		log "cycle: round $k of $CYCLE_REPEAT (other blocks)"
 		t0=$(now)
 		rewrite "$(URI_A)" "$n" "$nblk" $((40 + k)) || die "rewrite failed"
-		t1=$(now)
 		ra_long checkpoint web01 --wait >/dev/null || die "checkpoint --wait failed"
 		t2=$(now)
-		all="$all $(secs "$t0" "$t2")"
-		tails="$tails $(secs "$t1" "$t2")"
+		read -r f l <<<"$(io_span)"
+		all="$all $(secs "$f" "$t2")"
+		tails="$tails $(secs "$l" "$t2")"
+		fromfio="$fromfio $(secs "$t0" "$t2")"
 	done
 	d1=$BENCH_DIR/dst1
 	d2=$BENCH_DIR/dst2
@@ -397,12 +416,14 @@ bench_cycle() {
 	ra_long checkpoint web01 --wait >/dev/null || die "checkpoint --wait failed"
 	t2=$(now)
 	sh1=$(ra --json status web01 | jget vms 0 bytes_shipped)
-	all="$all $(secs "$t0" "$t2")"
-	tails="$tails $(secs "$t1" "$t2")"
+	read -r f l <<<"$(io_span)"
+	all="$all $(secs "$f" "$t2")"
+	tails="$tails $(secs "$l" "$t2")"
+	fromfio="$fromfio $(secs "$t0" "$t2")"
 	ours=$(median $all)
 	tail=$(median $tails)
-	note cycle "replicad: rewrite (fio nbd, QD32, end_fsync) $(secs "$t0" "$t1") s + checkpoint --wait $(secs "$t1" "$t2") s; bytes_shipped grew by $((sh1 - sh0))"
-	note cycle "replicad, $CYCLE_REPEAT rounds: rewrite to durable point:$all s (median $ours); last write to durable point:$tails s (median $tail)"
+	note cycle "replicad: fio started, its first write $(secs "$t0" "$f") s later, its last write completed $(secs "$f" "$l") s after that, fio exited $(secs "$l" "$t1") s later (end_fsync), checkpoint --wait $(secs "$t1" "$t2") s; bytes_shipped grew by $((sh1 - sh0))"
+	note cycle "replicad, $CYCLE_REPEAT rounds: first write to durable point:$all s (median $ours); last write to durable point:$tails s (median $tail); from fio's start:$fromfio s (median $(median $fromfio))"
 	if cmp -s "$T/a/web01.img" "$T/b/replicas/web01/web01.img"; then st=OK; else st=MISMATCH; fi
 	note cycle "replicad: DR replica equals the changed primary: $st"
 	stop_a
@@ -433,7 +454,7 @@ bench_cycle() {
 		if cmp -s "$T/a/web01.img" "$dst/web01.img"; then st=OK; else st=MISMATCH; fi
 		note cycle "rsync $b: $(grep -E '^Total bytes sent' "$BENCH_DIR/rsync$f.log" | tr -s ' '); $(grep -E '^Literal data' "$BENCH_DIR/rsync$f.log" | tr -s ' '); destination equals the changed image: $st"
 	done
-	note cycle "replicad: from the start of the rewrite through the NBD export (or from its last write, fio's end_fsync) until checkpoint --wait returns; rsync: the transfer alone (over a second sshd, -I so the quick check cannot skip; the rewrite is not in its figure)"
+	note cycle "replicad: from the rewrite's first write through the NBD export (or from the completion of its last write) until checkpoint --wait returns, fio's end_fsync included; rsync: the transfer alone (over a second sshd, -I so the quick check cannot skip; the rewrite is not in its figure)"
 	rm -rf "$d1" "$d2"
 
 	# An outage past the journal quota: the same amount of change (other
