@@ -194,6 +194,16 @@ io_span() {
 	    "$BENCH_DIR/rw_lat.1.log"
 }
 
+# bench_cycle's rounds: one that started at t0 (fio's start) and ended at
+# t2 adds its times to the caller's all, tails and fromfio, and leaves
+# its first and last write in f and l
+round_done() {
+	read -r f l <<<"$(io_span)"
+	all="$all $(secs "$f" "$t2")"
+	tails="$tails $(secs "$l" "$t2")"
+	fromfio="$fromfio $(secs "$t0" "$t2")"
+}
+
 fill_random() { head -c "$(stat -c %s "$1")" /dev/urandom | dd of="$1" bs=1M conv=notrunc status=none; }
 
 # some data: 16 random extents of 1/128 of the disk (an eighth of it in all)
@@ -389,17 +399,14 @@ bench_cycle() {
 	# Timed from the first write (io_span), not from fio's start, and
 	# the tail from the last write's completion; the figure from fio's
 	# start is kept in a note.
-	local k all="" tails="" tail fromfio="" span f l
+	local k all="" tails="" tail fromfio="" f l
 	for k in $(seq 2 "$CYCLE_REPEAT"); do
 		log "cycle: round $k of $CYCLE_REPEAT (other blocks)"
 		t0=$(now)
 		rewrite "$(URI_A)" "$n" "$nblk" $((40 + k)) || die "rewrite failed"
 		ra_long checkpoint web01 --wait >/dev/null || die "checkpoint --wait failed"
 		t2=$(now)
-		read -r f l <<<"$(io_span)"
-		all="$all $(secs "$f" "$t2")"
-		tails="$tails $(secs "$l" "$t2")"
-		fromfio="$fromfio $(secs "$t0" "$t2")"
+		round_done
 	done
 	d1=$BENCH_DIR/dst1
 	d2=$BENCH_DIR/dst2
@@ -416,10 +423,7 @@ bench_cycle() {
 	ra_long checkpoint web01 --wait >/dev/null || die "checkpoint --wait failed"
 	t2=$(now)
 	sh1=$(ra --json status web01 | jget vms 0 bytes_shipped)
-	read -r f l <<<"$(io_span)"
-	all="$all $(secs "$f" "$t2")"
-	tails="$tails $(secs "$l" "$t2")"
-	fromfio="$fromfio $(secs "$t0" "$t2")"
+	round_done
 	ours=$(median $all)
 	tail=$(median $tails)
 	note cycle "replicad: fio started, its first write $(secs "$t0" "$f") s later, its last write completed $(secs "$f" "$l") s after that, fio exited $(secs "$l" "$t1") s later (end_fsync), checkpoint --wait $(secs "$t1" "$t2") s; bytes_shipped grew by $((sh1 - sh0))"

@@ -344,18 +344,28 @@ cblk_cmp(const void *a, const void *b)
 	return x->blk < y->blk ? -1 : x->blk > y->blk;
 }
 
+/* The O_DIRECT descriptor run U can be read with into P, or -1: whole
+ * blocks, aligned, where the file system has O_DIRECT. */
+static int
+run_dfd(const struct store *s, const struct crun *u, const uint8_t *p)
+{
+	if ((uintptr_t)p % DIO_BLOCK != 0 || u->off % DIO_BLOCK != 0 ||
+	    u->len % DIO_BLOCK != 0)
+		return -1;
+	return s->dfds[u->disk];
+}
+
 static void
 cread_one(void *arg, size_t i)
 {
 	struct cread *r = arg;
 	struct crun *u = &r->runs[i];
 	uint8_t *p = r->buf + u->at;
-	int dfd = r->s->dfds[u->disk];
+	int dfd = run_dfd(r->s, u, p);
 
 	/* around the page cache where it can: read through it, each block
 	 * not cached costs a new page and a copy out of it */
-	if (dfd >= 0 && (uintptr_t)p % DIO_BLOCK == 0 &&
-	    u->off % DIO_BLOCK == 0 && u->len % DIO_BLOCK == 0) {
+	if (dfd >= 0) {
 		if (pread_data(dfd, p, u->len, u->off) == 0)
 			return;
 		if (errno != EINVAL) {	/* EINVAL: the alignment it wants */
@@ -388,16 +398,14 @@ read_runs(struct store *s, struct crun *runs, size_t nruns, uint8_t *buf)
 		return sfail(s, "out of memory");
 	}
 	for (size_t i = 0; i < nruns; i++) {
-		struct crun *u = &runs[i];
-		uint8_t *p = buf + u->at;
-		int dfd = s->dfds[u->disk];
+		uint8_t *p = buf + runs[i].at;
+		int dfd = run_dfd(s, &runs[i], p);
 
-		if (dfd >= 0 && (uintptr_t)p % DIO_BLOCK == 0 &&
-		    u->off % DIO_BLOCK == 0 && u->len % DIO_BLOCK == 0) {
+		if (dfd >= 0) {
 			rd[nrd].dfd = dfd;
 			rd[nrd].buf = p;
-			rd[nrd].len = u->len;
-			rd[nrd].off = u->off;
+			rd[nrd].len = runs[i].len;
+			rd[nrd].off = runs[i].off;
 			at[nrd++] = i;
 		}
 	}
