@@ -65,6 +65,7 @@ one_run() {
 	t1=$(now)
 	bytes=$(stat -c %s "$T/a/web01.img")
 	awk -v a="$t0" -v b="$t1" -v n="$bytes" 'BEGIN { printf "%.1f MB/s, replica ", n / (b - a) / 1e6 }'
+	dr_settled
 	if cmp -s "$T/a/web01.img" "$T/b/replicas/web01/web01.img"; then
 		echo OK
 	else

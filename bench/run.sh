@@ -336,6 +336,7 @@ bench_ssh() {
 	sh1=$(ra --json status web01 | jget vms 0 bytes_shipped)
 	ours=$(mbps "$n" "$(secs "$t0" "$t2")")
 	note ssh "replicad: nbdcopy write $(secs "$t0" "$t1") s, then checkpoint --wait $(secs "$t1" "$t2") s, total $(secs "$t0" "$t2") s; bytes_shipped grew by $((sh1 - sh0)) (payload, before zstd)"
+	dr_settled
 	if cmp -s "$T/a/web01.img" "$T/b/replicas/web01/web01.img"; then
 		note ssh "replicad: DR replica equals the primary after the point: OK"
 	else
@@ -353,6 +354,7 @@ bench_ssh() {
 	t1=$(now)
 	cyc=$(mbps "$n" "$(secs "$t0" "$t1")")
 	note ssh "replicad cycle alone: $(secs "$t0" "$t1") s from the link coming back to the point durable on the DR site (ship over SSH, apply with undo records, fsync; the primary's page cache written back before the DR site starts)"
+	dr_settled
 	if cmp -s "$T/a/web01.img" "$T/b/replicas/web01/web01.img"; then
 		note ssh "replicad cycle alone: DR replica equals the primary: OK"
 	else
@@ -428,6 +430,7 @@ bench_cycle() {
 	tail=$(median $tails)
 	note cycle "replicad: fio started, its first write $(secs "$t0" "$f") s later, its last write completed $(secs "$f" "$l") s after that, fio exited $(secs "$l" "$t1") s later (end_fsync), checkpoint --wait $(secs "$t1" "$t2") s; bytes_shipped grew by $((sh1 - sh0))"
 	note cycle "replicad, $CYCLE_REPEAT rounds: first write to durable point:$all s (median $ours); last write to durable point:$tails s (median $tail); from fio's start:$fromfio s (median $(median $fromfio))"
+	dr_settled
 	if cmp -s "$T/a/web01.img" "$T/b/replicas/web01/web01.img"; then st=OK; else st=MISMATCH; fi
 	note cycle "replicad: DR replica equals the changed primary: $st"
 	stop_a
@@ -492,6 +495,7 @@ bench_cycle() {
 	tl=${tl:-$t0}
 	sh1=$(ra --json status web01 | jget vms 0 bytes_shipped)
 	stop_a
+	dr_settled
 	if cmp -s "$T/a/web01.img" "$T/b/replicas/web01/web01.img"; then st=OK; else st=MISMATCH; fi
 	result cycle "outage past journal_max: catch-up of $CYCLE_PCT% of 4 KiB blocks of $CYCLE_SIZE, from the link back" s "$(secs "$tl" "$t1")" "rsync --inplace --no-whole-file -B 4096" "$r2"
 	note cycle "replicad outage: state $js after the rewrite, dirty map $db bytes; from the DR site's start to the catch-up point on it $(secs "$t0" "$t1") s, of which $(secs "$t0" "$tl") s until the primary's next reconnect attempt found it; bytes_shipped grew by $((sh1 - sh0)); DR replica equals the primary: $st"

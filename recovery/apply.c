@@ -87,8 +87,15 @@ mem_last(struct store *s)
 int
 store_stage(struct store *s, const struct jentry *e, size_t n)
 {
-	uint64_t held = store_held_seq(s);
+	uint64_t held;
 	size_t i = 0;
+
+	/* a point logged ahead of its apply comes first: what follows it
+	 * belongs to the next interval (its before-images are of that
+	 * point) */
+	if (s->logged && !s->gap && store_apply(s) < 0)
+		return -1;
+	held = store_held_seq(s);
 
 	/* in the images or in memory already (sent again after a drop) */
 	if (s->img_seq > held)
@@ -855,6 +862,7 @@ apply_point(struct store *s, const struct jentry *marker)
 	if ((rc = mdb_txn_commit(txn)) != 0 ||
 	    (rc = mdb_env_sync(s->env, 1)) != 0)
 		return sfail(s, "point commit: %s", mdb_strerror(rc));
+	s->logged = 0;
 	if (journal_trim(s->stage, marker->seq) < 0)
 		return sfail(s, "stage trim: %s", journal_error(s->stage));
 	return 0;
@@ -910,3 +918,56 @@ store_apply_ahead(struct store *s)
 	return r;
 }
 
+
+/* Put entries E[0..N) after *HELD into the open stage transaction. */
+static int
+log_entries(struct store *s, const struct jentry *e, size_t n, uint64_t *held)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (e[i].seq <= *held)
+			continue;
+		if (journal_put(s->stage, &e[i]) != 0)
+			return -1;
+		*held = e[i].seq;
+	}
+	return 0;
+}
+
+int
+store_log_point(struct store *s, const struct jentry *marker)
+{
+	struct memchunk *m = &s->mc[s->mcur];
+	struct memchunk *fm;
+	uint64_t held;
+
+	if (s->info.state != STORE_NORMAL || s->gap ||
+	    marker->type != JE_POINT ||
+	    journal_last_seq(s->stage) > s->img_seq)
+		return 0;
+	if (s->fl_m != NULL && __atomic_load_n(&s->fl_done, __ATOMIC_ACQUIRE) &&
+	    mem_wait(s) != 0)
+		return -1;
+	fm = s->fl_m;
+	if ((m->n == 0 && fm == NULL) || marker->seq <= mem_last(s))
+		return 0;
+	/* what completed chunks put into the images is not in memory any
+	 * more: made durable there (the flusher's chunk may be written
+	 * meanwhile; a sync only makes more durable) */
+	if (s->img_seq > s->img_dur && sync_disks(s) != 0) {
+		(void)mem_wait(s);
+		return images_lost(s);
+	}
+	held = s->img_seq;
+	if (journal_begin(s->stage) != 0)
+		return sfail(s, "stage: %s", journal_error(s->stage));
+	if ((fm != NULL && log_entries(s, fm->e, fm->n, &held) != 0) ||
+	    log_entries(s, m->e, m->n, &held) != 0 ||
+	    log_entries(s, marker, 1, &held) != 0) {
+		journal_abort(s->stage);
+		return sfail(s, "stage: %s", journal_error(s->stage));
+	}
+	if (journal_commit(s->stage) != 0 || journal_sync(s->stage) != 0)
+		return sfail(s, "stage: %s", journal_error(s->stage));
+	s->logged = 1;
+	return 1;
+}

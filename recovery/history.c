@@ -278,6 +278,10 @@ store_failover(struct store *s, uint64_t id)
 		return sfail(s, "already failed over to point %llu (commit "
 		    "or cancel first)",
 		    (unsigned long long)s->info.failover_point);
+	/* a point logged ahead of its apply is made whole first (an error
+	 * leaves the point before it, which the rest of this handles) */
+	if (s->logged)
+		(void)store_apply(s);
 	if (s->info.state != STORE_NORMAL || s->info.last_point == 0)
 		return sfail(s, "no recovery point yet (replica is %s)",
 		    store_state_name(s->info.state));

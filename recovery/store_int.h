@@ -70,6 +70,9 @@ struct store {
 	uint64_t ahead_bytes;	/* of them, bytes after the latest point */
 	uint64_t ahead_dur;	/*   of which durable (meta "img_bytes") */
 	uint64_t stage_pending;	/* bytes staged and not applied ahead */
+	int logged;		/* a point was logged ahead of its apply
+				 * (store_log_point): applied before
+				 * anything else is staged or failed over */
 	int gap;		/* entries after img_seq were dropped by an
 				 * error: refuse entries until store_resume */
 	/* entries that arrived while nothing was staged, held in memory

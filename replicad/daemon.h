@@ -286,6 +286,12 @@ struct rvm {
 	int64_t last_recv_ms;
 	int64_t last_point_ms;
 	uint64_t unsynced;	/* bytes staged since the last ack */
+	/* a point logged ahead of its apply (store_log_point) was
+	 * acknowledged; apply_ev applies it on the loop's next turn, once
+	 * the ack went out, while the stream waits */
+	struct event *apply_ev;
+	int apply_pending;
+	int64_t apply_t0;
 };
 
 /* recv.c */
@@ -317,7 +323,9 @@ int wire_queue(struct evbuffer *out, const Replication__Msg *m,
 int wire_queue_writes(struct evbuffer *out, struct frame_writes *w,
     struct frame_zstd *z, char *err, size_t errlen);
 /* Decode every whole frame in IN and pass it to fn (which must not free
- * it); returns 0, or -1 with err set on a bad frame or when fn fails. */
+ * it); returns 0, or -1 with err set on a bad frame or when fn fails.  fn
+ * returning WIRE_PAUSE stops it after that frame (the rest stays in IN). */
+#define WIRE_PAUSE 2
 int wire_drain(struct evbuffer *in, int (*fn)(Replication__Msg *, void *),
     void *arg, char *err, size_t errlen);
 

@@ -40,6 +40,7 @@ struct rconn {
 	int hello;
 	struct ann *anns;
 	size_t nanns;
+	int paused;		/* reading waits for a logged point's apply */
 	struct rconn *next;
 };
 
@@ -61,6 +62,9 @@ safe_name(const char *s, size_t max)
 /* ------------------------------------------------------------------ */
 /* replica VMs */
 
+static void apply_logged(evutil_socket_t fd, short what, void *arg);
+static void settle(struct rvm *r);
+
 static struct rvm *
 rvm_add(struct daemon *d, const char *peer, const char *storage,
     const char *name, char *err, size_t errlen)
@@ -81,6 +85,10 @@ rvm_add(struct daemon *d, const char *peer, const char *storage,
 	}
 	if ((r->store = store_open(r->dir, err, errlen)) == NULL)
 		goto fail;
+	if ((r->apply_ev = evtimer_new(d->base, apply_logged, r)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	if ((n = realloc(d->rvms, (d->nrvms + 1) * sizeof(*n))) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -90,6 +98,8 @@ rvm_add(struct daemon *d, const char *peer, const char *storage,
 	return r;
 fail:
 	if (r) {
+		if (r->apply_ev)
+			event_free(r->apply_ev);
 		store_close(r->store);
 		free(r->peer);
 		free(r->name);
@@ -161,6 +171,8 @@ recv_close_all(struct daemon *d)
 	while (d->rconns)
 		rconn_free(d->rconns);
 	for (size_t i = 0; i < d->nrvms; i++) {
+		/* a point logged ahead of its apply is applied on open */
+		event_free(d->rvms[i]->apply_ev);
 		store_close(d->rvms[i]->store);
 		free(d->rvms[i]->peer);
 		free(d->rvms[i]->name);
@@ -244,8 +256,10 @@ send_error(struct rconn *c, const char *vm, const char *fmt, ...)
 
 static void refuse(struct rconn *c, struct ann *an);
 
+/* Entries up to SEQ are durable, and point POINT (0: the latest applied
+ * point). */
 static void
-ack_seq(struct rconn *c, struct ann *an, uint64_t seq)
+ack_point(struct rconn *c, struct ann *an, uint64_t seq, uint64_t point)
 {
 	Replication__Msg m = REPLICATION__MSG__INIT;
 	Replication__Ack a = REPLICATION__ACK__INIT;
@@ -255,7 +269,7 @@ ack_seq(struct rconn *c, struct ann *an, uint64_t seq)
 	store_info(r->store, &si);
 	a.vm = r->name;
 	a.seq = seq;
-	a.point = si.last_point;
+	a.point = point ? point : si.last_point;
 	m.body_case = REPLICATION__MSG__BODY_ACK;
 	m.ack = &a;
 	send_msg(c, &m);
@@ -281,7 +295,7 @@ send_ack(struct rconn *c, struct ann *an)
 		return;
 	}
 	an->r->unsynced = 0;
-	ack_seq(c, an, seq);
+	ack_point(c, an, seq, 0);
 }
 
 /* Acknowledge what the flusher made durable meanwhile, if anything. */
@@ -294,7 +308,7 @@ ack_if_durable(struct rconn *c, struct ann *an)
 	if (r < 0)
 		sync_failed(c, an);
 	else if (r > 0)
-		ack_seq(c, an, seq);
+		ack_point(c, an, seq, 0);
 }
 
 /*
@@ -545,12 +559,81 @@ on_entries(struct rconn *c, struct ann *an, Replication__Entry **ents,
 	return 0;
 }
 
+/* Store_apply applied N points (T0: when the marker arrived): say so
+ * when it was long, and drop what the grid does not keep. */
+static void
+points_applied(struct rvm *r, int n, int64_t t0)
+{
+	int dropped;
+
+	if (n <= 0)
+		return;
+	r->last_point_ms = now_ms();
+	/* the apply holds this loop: say so when it is long */
+	if (r->last_point_ms - t0 >= 1000)
+		log_info("replica %s: point applied in %lld ms", r->name,
+		    (long long)(r->last_point_ms - t0));
+	else
+		log_debug("replica %s: point applied in %lld ms", r->name,
+		    (long long)(r->last_point_ms - t0));
+	if (store_retain(r->store, r->keep, r->nkeep, now_ms(),
+	    &dropped) != 0)
+		log_warnx("replica %s: retention: %s", r->name,
+		    store_error(r->store));
+}
+
+static void read_cb(struct bufferevent *bev, void *arg);
+
+/* Apply the point logged ahead of its apply (on_point), then read on. */
+static void
+apply_logged(evutil_socket_t fd, short what, void *arg)
+{
+	struct rvm *r = arg;
+	struct rconn *c = r->conn;
+	struct ann *an = c ? find_ann(c, r->name) : NULL;
+	int n;
+
+	(void)fd;
+	(void)what;
+	if (!r->apply_pending)
+		return;
+	r->apply_pending = 0;
+	evtimer_del(r->apply_ev);
+	if ((n = store_apply(r->store)) < 0) {
+		if (an != NULL)
+			refuse(c, an);
+		else
+			log_warnx("replica %s: %s", r->name,
+			    store_error(r->store));
+	} else {
+		points_applied(r, n, r->apply_t0);
+		/* the primary learns the point is applied (its last_point) */
+		if (an != NULL && !an->refused)
+			send_ack(c, an);
+	}
+	if (c != NULL && c->paused) {
+		c->paused = 0;
+		bufferevent_enable(c->bev, EV_READ);
+		read_cb(c->bev, c);
+	}
+}
+
+/* Before anything looks at R's points: the point logged ahead of its
+ * apply is applied now. */
+static void
+settle(struct rvm *r)
+{
+	if (r->apply_pending)
+		apply_logged(-1, 0, r);
+}
+
 static int
 on_point(struct rconn *c, struct ann *an, const Replication__Point *p)
 {
+	static const struct timeval now = { 0, 0 };
 	struct jentry e;
 	int64_t t0;
-	int dropped, n;
+	int n;
 
 	memset(&e, 0, sizeof(e));
 	e.type = JE_POINT;
@@ -561,25 +644,35 @@ on_point(struct rconn *c, struct ann *an, const Replication__Point *p)
 	    (enum point_kind)p->kind : POINT_CRASH;
 	snprintf(e.label, sizeof(e.label), "%s", p->label ? p->label : "");
 	t0 = now_ms();
+	/*
+	 * Entries of the interval still wait in memory: the point is made
+	 * durable by logging them with the marker (a sequential write and
+	 * a sync) and acknowledged at once; the apply, which reads and
+	 * writes 4 KiB blocks all over the images, follows on the loop's
+	 * next turn, after the ack went out.  The stream waits for it.
+	 */
+	if ((n = store_log_point(an->r->store, &e)) < 0) {
+		refuse(c, an);
+		return 0;
+	}
+	if (n > 0) {
+		log_debug("replica %s: point %llu logged in %lld ms",
+		    an->r->name, (unsigned long long)p->id,
+		    (long long)(now_ms() - t0));
+		an->r->unsynced = 0;
+		ack_point(c, an, store_held_seq(an->r->store), p->id);
+		an->r->apply_pending = 1;
+		an->r->apply_t0 = t0;
+		evtimer_add(an->r->apply_ev, &now);
+		c->paused = 1;
+		return WIRE_PAUSE;
+	}
 	if (store_stage(an->r->store, &e, 1) != 0 ||
 	    (n = store_apply(an->r->store)) < 0) {
 		refuse(c, an);
 		return 0;
 	}
-	an->r->last_point_ms = now_ms();
-	/* the apply holds this loop: say so when it is long */
-	if (n > 0 && an->r->last_point_ms - t0 >= 1000)
-		log_info("replica %s: point %llu applied in %lld ms",
-		    an->r->name, (unsigned long long)p->id,
-		    (long long)(an->r->last_point_ms - t0));
-	else if (n > 0)
-		log_debug("replica %s: point %llu applied in %lld ms",
-		    an->r->name, (unsigned long long)p->id,
-		    (long long)(an->r->last_point_ms - t0));
-	if (n > 0 && store_retain(an->r->store, an->r->keep, an->r->nkeep,
-	    now_ms(), &dropped) != 0)
-		log_warnx("replica %s: retention: %s", an->r->name,
-		    store_error(an->r->store));
+	points_applied(an->r, n, t0);
 	send_ack(c, an);
 	return 0;
 }
@@ -702,12 +795,16 @@ read_cb(struct bufferevent *bev, void *arg)
 	struct rconn *c = arg;
 	char err[256];
 
+	if (c->paused)
+		return;
 	bev_read_more(bev, RECV_HIWAT);
 	if (wire_drain(bufferevent_get_input(bev), on_frame, c, err,
 	    sizeof(err)) != 0) {
 		if (err[0])
 			send_error(c, NULL, "%s", err);
 		close_after_flush(c);
+	} else if (c->paused) {
+		bufferevent_disable(bev, EV_READ);
 	}
 }
 
@@ -785,6 +882,7 @@ recv_status_json(struct rvm *r, int64_t now)
 	const char *health = "normal";
 	json_t *o;
 
+	settle(r);
 	store_info(r->store, &si);
 	if (si.last_point && store_find_point(r->store, si.last_point, &p) == 1)
 		lag = (double)(now - p.time_ms) / 1000.0;
@@ -833,6 +931,7 @@ recv_points_json(struct rvm *r)
 {
 	json_t *a = json_array();
 
+	settle(r);
 	store_points(r->store, point_row, a);
 	return json_pack("{s:s,s:o}", "vm", r->name, "points", a);
 }
@@ -845,6 +944,7 @@ recv_failover(struct rvm *r, const char *point, char *err, size_t errlen)
 	json_t *disks;
 	char *end;
 
+	settle(r);
 	if (strcmp(point, "latest") != 0) {
 		errno = 0;
 		id = strtoull(point, &end, 10);
@@ -872,6 +972,7 @@ recv_failover(struct rvm *r, const char *point, char *err, size_t errlen)
 int
 recv_cancel(struct rvm *r, char *err, size_t errlen)
 {
+	settle(r);
 	if (store_cancel(r->store) != 0) {
 		snprintf(err, errlen, "%s", store_error(r->store));
 		return -1;
@@ -884,6 +985,7 @@ recv_cancel(struct rvm *r, char *err, size_t errlen)
 int
 recv_commit(struct rvm *r, char *err, size_t errlen)
 {
+	settle(r);
 	if (store_commit(r->store) != 0) {
 		snprintf(err, errlen, "%s", store_error(r->store));
 		return -1;

@@ -80,6 +80,8 @@ wire_drain(struct evbuffer *in, int (*fn)(Replication__Msg *, void *),
 			return -1;
 		r = fn(m, arg);
 		replication__msg__free_unpacked(m, NULL);
+		if (r == WIRE_PAUSE)
+			return 0;
 		if (r != 0)
 			return -1;
 	}

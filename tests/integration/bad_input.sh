@@ -34,6 +34,7 @@ check "after a DR outage the primary reconnects and point $id holds the writes" 
 qemu-io -f raw -c "write -P 0x5b 6M 2M" "$URI" >/dev/null
 pkill -KILL -f "sshd: root@notty" || true	# the link's SSH session dies
 id=$(ra checkpoint web01 --wait) || die "no point after a dropped link"
+dr_settled
 check "after a dropped SSH session nothing is lost or applied twice (point $id)" \
 	cmp "$T/a/web01.img" "$T/b/replicas/web01/web01.img"
 

@@ -138,6 +138,7 @@ got=$(sha256sum <"$(jget disks 0 path <"$T/fo.json")" | cut -d' ' -f1)
 check "mid-interval DR crashes: the latest point $id fails over exactly" test "$got" = "$sum"
 rb cancel web01 >/dev/null
 id=$(ra checkpoint web01 --wait)
+dr_settled
 check "mid-interval DR crashes: the next point $id equals the primary" \
 	cmp "$T/a/web01.img" "$T/b/replicas/web01/web01.img"
 

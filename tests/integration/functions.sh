@@ -199,6 +199,10 @@ crash_b() { kill -9 "$B_PID"; wait "$B_PID" 2>/dev/null || true; B_PID=; }
 # bounded, so a hang fails the test instead of stalling it
 ra() { timeout 120 "$BIN/replica" -c "$T/a.conf" "$@"; }
 rb() { timeout 120 "$BIN/replica" -c "$T/b.conf" "$@"; }
+# The DR site's image of VM (web01) holds its latest point: a point that
+# was logged and acknowledged ahead of its apply is applied first by any
+# command about it on the DR site.
+dr_settled() { rb points "${1:-web01}" >/dev/null; }
 
 URI_A() { echo "nbd+unix:///web01/web01?socket=$T/a/nbd.sock"; }
 

@@ -1240,6 +1240,94 @@ test_ahead_chunks(void **state)
 	check_all_points(f, "after several chunks");
 }
 
+/* Stage random entries over more than one memory chunk (the flusher
+ * applies one while the next fills). */
+static void
+fill_chunks(struct fx *f)
+{
+	struct batch b = { .n = 0 };
+	uint64_t bytes = 0;
+
+	while (bytes < (16u << 20) + (4u << 20)) {
+		gen_entries(f, &b, 60);
+		for (size_t i = 0; i < b.n; i++)
+			bytes += b.e[i].type == JE_WRITE ? b.e[i].length : 0;
+		CHECK(store_stage(f->s, b.e, b.n));
+		batch_free(&b);
+	}
+}
+
+/* Log the point closing what fill_chunks staged: 1, durable at once. */
+static uint64_t
+log_point(struct fx *f, int64_t time_ms)
+{
+	struct batch p = { .n = 0 };
+	uint64_t id = gen_point(f, &p, time_ms);
+	int r = store_log_point(f->s, &p.e[0]);
+
+	if (r != 1)
+		fail_msg("store_log_point returned %d: %s", r,
+		    store_error(f->s));
+	assert_int_equal(store_held_seq(f->s), f->seq);
+	batch_free(&p);
+	return id;
+}
+
+/*
+ * A point logged ahead of its apply (store_log_point): durable at once,
+ * and exact whichever way it is applied: by a restart that dropped what
+ * memory held, by a failover, or by the next entries staged.
+ */
+static void
+test_log_point(void **state)
+{
+	struct fx *f = *state;
+	struct batch b = { .n = 0 };
+	struct plist l;
+	uint64_t id;
+
+	initial_sync(f);
+	interval(f, T0);
+	/* nothing in memory: the marker goes the usual way */
+	gen_point(f, &b, T0 + 1);
+	assert_int_equal(store_log_point(f->s, &b.e[0]), 0);
+	CHECK(store_stage(f->s, b.e, b.n));
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	batch_free(&b);
+
+	/* a restart before the apply: memory is gone, the log is not */
+	fill_chunks(f);
+	id = log_point(f, T0 + 2);
+	reopen(f);
+	latest_is_pending(f);
+	list_points(f, &l);
+	assert_int_equal(l.p[l.n - 1].id, id);
+	check_images(f, f->cur, "logged point applied on open");
+	check_all_points(f, "logged point applied on open");
+
+	/* a failover before the apply */
+	fill_chunks(f);
+	id = log_point(f, T0 + 3);
+	CHECK(store_failover(f->s, 0));
+	check_point(f, id, "failover to a logged point");
+	CHECK(store_cancel(f->s));
+	latest_is_pending(f);
+	check_images(f, f->cur, "cancel after failover to a logged point");
+
+	/* the next interval's entries before the apply */
+	fill_chunks(f);
+	id = log_point(f, T0 + 4);
+	gen_entries(f, &b, 30);
+	CHECK(store_stage(f->s, b.e, b.n));
+	batch_free(&b);
+	list_points(f, &l);
+	assert_int_equal(l.p[l.n - 1].id, id);
+	close_point(f, T0 + 5, "the point after a logged one");
+	reopen(f);
+	check_all_points(f, "after logged points");
+}
+
 /* Until the flusher's sync is over: store_sync_poll's answer. */
 static int
 poll_durable(struct fx *f, uint64_t *seq)
@@ -1366,6 +1454,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_ahead_bytes, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_ahead_chunks, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_log_point, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_sync_behind, setup,
 		    teardown),
