@@ -424,8 +424,13 @@ bench_cycle() {
 	t1=$(now)
 	ra_long checkpoint web01 --wait >/dev/null || die "checkpoint --wait failed"
 	t2=$(now)
+	# the point is durable once logged on the DR site; its apply to the
+	# replica image follows, and a command there waits for it
+	dr_settled
+	t3=$(now)
 	sh1=$(ra --json status web01 | jget vms 0 bytes_shipped)
 	round_done
+	note cycle "replicad: the DR site's replica image held the point $(secs "$t2" "$t3") s after checkpoint --wait returned (replica points on the DR site, which applies a point logged ahead of its apply first)"
 	ours=$(median $all)
 	tail=$(median $tails)
 	note cycle "replicad: fio started, its first write $(secs "$t0" "$f") s later, its last write completed $(secs "$f" "$l") s after that, fio exited $(secs "$l" "$t1") s later (end_fsync), checkpoint --wait $(secs "$t1" "$t2") s; bytes_shipped grew by $((sh1 - sh0))"

@@ -14,6 +14,7 @@
 #include <string.h>
 
 static int precapture(struct store *s, const struct jentry *e, size_t n);
+static int mem_pump(struct store *s);
 static int mem_flush(struct store *s);
 static int mem_flush_start(struct store *s, int sync);
 static int images_durable(struct store *s);
@@ -71,17 +72,17 @@ mem_add(struct store *s, const struct jentry *e)
 	return 0;
 }
 
-/* The last seq held in memory (in either chunk), or 0. */
+/* The last seq held in memory (in any chunk), or 0. */
 static uint64_t
 mem_last(struct store *s)
 {
 	const struct memchunk *m = &s->mc[s->mcur];
 
-	if (m->n > 0)
-		return m->e[m->n - 1].seq;
-	if (s->fl_m != NULL && s->fl_m->n > 0)
-		return s->fl_m->e[s->fl_m->n - 1].seq;
-	return 0;
+	if (m->n == 0 && s->mq_n > 0)
+		m = &s->mc[s->mq[s->mq_n - 1]];
+	if (m->n == 0 && s->fl_m != NULL)
+		m = s->fl_m;
+	return m->n > 0 ? m->e[m->n - 1].seq : 0;
 }
 
 int
@@ -130,6 +131,8 @@ store_stage(struct store *s, const struct jentry *e, size_t n)
 	 */
 	if (s->info.state == STORE_NORMAL &&
 	    journal_last_seq(s->stage) <= s->img_seq) {
+		if (mem_pump(s) != 0)
+			return -1;
 		for (; i < n && e[i].type != JE_POINT; i++) {
 			if (e[i].seq <= held)
 				continue;
@@ -238,9 +241,7 @@ store_sync_start(struct store *s)
 int
 store_sync_poll(struct store *s, uint64_t *seq)
 {
-	if (s->fl_m != NULL &&
-	    __atomic_load_n(&s->fl_done, __ATOMIC_ACQUIRE) &&
-	    mem_wait(s) != 0)
+	if (mem_pump(s) != 0)
 		return -1;
 	if (!s->dur_news)
 		return 0;
@@ -256,8 +257,8 @@ store_sync_poll(struct store *s, uint64_t *seq)
 int
 store_flushing(struct store *s)
 {
-	return s->fl_m != NULL &&
-	    !__atomic_load_n(&s->fl_done, __ATOMIC_ACQUIRE);
+	return s->mq_n > 0 || (s->fl_m != NULL &&
+	    !__atomic_load_n(&s->fl_done, __ATOMIC_ACQUIRE));
 }
 
 void
@@ -708,17 +709,51 @@ flusher(void *arg)
 	return NULL;
 }
 
-/* Forget what is held in memory: none of it was acknowledged. */
+/* Forget what is held in memory: none of it was acknowledged.  The
+ * flusher is idle. */
 void
 mem_drop(struct store *s)
 {
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < MEM_CHUNKS; i++)
 		s->mc[i].n = s->mc[i].used = 0;
+	s->mq_n = 0;
 }
 
-/* Wait for the chunk being applied; its entries are then in the images. */
-int
-mem_wait(struct store *s)
+/* Start the flusher on chunk M. */
+static void
+mem_start(struct store *s, struct memchunk *m)
+{
+	s->fl_m = m;
+	s->fl_rc = 0;
+	s->fl_sync = m->sync;
+	s->fl_lost = 0;
+	s->fl_done = 0;
+	s->fl_err[0] = '\0';
+	if (pthread_create(&s->fl_th, NULL, flusher, s) == 0) {
+		s->fl_joinable = 1;
+	} else {
+		/* no thread: applied here, an error is in s->err */
+		flush_job(s);
+		if (s->fl_rc != 0)
+			snprintf(s->fl_err, sizeof(s->fl_err), "%s", s->err);
+	}
+}
+
+/* Start the flusher on the next chunk queued, if it is idle. */
+static void
+mem_next(struct store *s)
+{
+	if (s->fl_m != NULL || s->mq_n == 0)
+		return;
+	mem_start(s, &s->mc[s->mq[0]]);
+	s->mq_n--;
+	memmove(s->mq, s->mq + 1, s->mq_n * sizeof(s->mq[0]));
+}
+
+/* Wait for the chunk being applied: its entries are then in the images.
+ * On failure everything held in memory is dropped. */
+static int
+mem_reap(struct store *s)
 {
 	struct memchunk *m = s->fl_m;
 
@@ -746,32 +781,78 @@ mem_wait(struct store *s)
 	return s->fl_sync ? record_durable(s) : 0;
 }
 
-/* Hand the chunk being filled to the flusher, once the one before it is
- * applied; with SYNC, the flusher syncs the images after it. */
+/* Without waiting: the flusher's chunk, if it is done, and the next. */
+static int
+mem_pump(struct store *s)
+{
+	if (s->fl_m != NULL &&
+	    !__atomic_load_n(&s->fl_done, __ATOMIC_ACQUIRE))
+		return 0;
+	if (mem_reap(s) != 0)
+		return -1;
+	mem_next(s);
+	return 0;
+}
+
+/* Wait until every chunk handed to the flusher is applied. */
+int
+mem_wait(struct store *s)
+{
+	for (;;) {
+		mem_next(s);
+		if (s->fl_m == NULL)
+			return 0;
+		if (mem_reap(s) != 0)
+			return -1;
+	}
+}
+
+/* Wait for the chunk being applied and drop the rest (not acknowledged:
+ * it comes again), as a crash would. */
+void
+mem_stop(struct store *s)
+{
+	(void)mem_reap(s);
+	mem_drop(s);
+}
+
+/* A chunk neither filling, applied nor queued, or -1. */
+static int
+mem_free(struct store *s)
+{
+	for (int i = 0; i < MEM_CHUNKS; i++) {
+		int busy = i == s->mcur || &s->mc[i] == s->fl_m;
+
+		for (size_t k = 0; k < s->mq_n && !busy; k++)
+			busy = s->mq[k] == i;
+		if (!busy)
+			return i;
+	}
+	return -1;
+}
+
+/* Hand the chunk being filled to the flusher, behind those before it;
+ * with SYNC, the flusher syncs the images after it.  The next chunk to
+ * fill is a free one, once the flusher is done with one. */
 static int
 mem_flush_start(struct store *s, int sync)
 {
 	struct memchunk *m = &s->mc[s->mcur];
+	int next;
 
 	if (m->n == 0)
 		return 0;
-	if (mem_wait(s) != 0)
+	if (mem_pump(s) != 0)
 		return -1;
-	s->fl_m = m;
-	s->fl_rc = 0;
-	s->fl_sync = sync;
-	s->fl_lost = 0;
-	s->fl_done = 0;
-	s->fl_err[0] = '\0';
-	s->mcur = !s->mcur;
-	if (pthread_create(&s->fl_th, NULL, flusher, s) == 0) {
-		s->fl_joinable = 1;
-	} else {
-		/* no thread: applied here, an error is in s->err */
-		flush_job(s);
-		if (s->fl_rc != 0)
-			snprintf(s->fl_err, sizeof(s->fl_err), "%s", s->err);
+	while ((next = mem_free(s)) < 0) {
+		if (mem_reap(s) != 0)
+			return -1;	/* memory was dropped */
+		mem_next(s);
 	}
+	m->sync = sync;
+	s->mq[s->mq_n++] = s->mcur;
+	s->mcur = next;
+	mem_next(s);
 	return 0;
 }
 
@@ -944,8 +1025,7 @@ store_log_point(struct store *s, const struct jentry *marker)
 	    marker->type != JE_POINT ||
 	    journal_last_seq(s->stage) > s->img_seq)
 		return 0;
-	if (s->fl_m != NULL && __atomic_load_n(&s->fl_done, __ATOMIC_ACQUIRE) &&
-	    mem_wait(s) != 0)
+	if (mem_pump(s) != 0)
 		return -1;
 	fm = s->fl_m;
 	if ((m->n == 0 && fm == NULL) || marker->seq <= mem_last(s))
@@ -960,14 +1040,20 @@ store_log_point(struct store *s, const struct jentry *marker)
 	held = s->img_seq;
 	if (journal_begin(s->stage) != 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
-	if ((fm != NULL && log_entries(s, fm->e, fm->n, &held) != 0) ||
-	    log_entries(s, m->e, m->n, &held) != 0 ||
-	    log_entries(s, marker, 1, &held) != 0) {
-		journal_abort(s->stage);
-		return sfail(s, "stage: %s", journal_error(s->stage));
-	}
+	if (fm != NULL && log_entries(s, fm->e, fm->n, &held) != 0)
+		goto fail;
+	for (size_t k = 0; k < s->mq_n; k++)
+		if (log_entries(s, s->mc[s->mq[k]].e, s->mc[s->mq[k]].n,
+		    &held) != 0)
+			goto fail;
+	if (log_entries(s, m->e, m->n, &held) != 0 ||
+	    log_entries(s, marker, 1, &held) != 0)
+		goto fail;
 	if (journal_commit(s->stage) != 0 || journal_sync(s->stage) != 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
 	s->logged = 1;
 	return 1;
+fail:
+	journal_abort(s->stage);
+	return sfail(s, "stage: %s", journal_error(s->stage));
 }

@@ -689,7 +689,7 @@ store_close(struct store *s)
 {
 	if (s == NULL)
 		return;
-	mem_wait(s);	/* what it did not apply comes again */
+	mem_stop(s);	/* what it did not apply comes again */
 	dio_close(s->dio);
 	s->dio = NULL;
 	dio_reader_close(s->rdio);
@@ -704,7 +704,7 @@ store_close(struct store *s)
 	}
 	free(s->buf);
 	free(s->sbuf);
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < MEM_CHUNKS; i++) {
 		free(s->mc[i].e);
 		free(s->mc[i].buf);
 	}
@@ -722,7 +722,11 @@ store_info(struct store *s, struct store_info *out)
 uint64_t
 store_staged_bytes(struct store *s)
 {
-	return journal_bytes(s->stage) + s->mc[0].used + s->mc[1].used;
+	uint64_t n = journal_bytes(s->stage);
+
+	for (int i = 0; i < MEM_CHUNKS; i++)
+		n += s->mc[i].used;
+	return n;
 }
 
 uint64_t

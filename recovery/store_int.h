@@ -19,6 +19,8 @@
 
 #define STORE_MAP	(1ull << 42)	/* address space only */
 #define CHUNK_BYTES	(16u << 20)	/* data handled per transaction */
+#define MEM_CHUNKS	4		/* held in memory: one filling, the
+					 * rest applied in order */
 #define PV_HDR		34		/* point value header */
 #define RUN_BLOCKS	256		/* before-images read with one pread */
 #define CAPTURE_THREADS	16		/* before-image reads at once */
@@ -46,6 +48,7 @@ struct memchunk {
 	size_t n, cap;
 	size_t used;		/* bytes of buf in use */
 	uint8_t *buf;		/* CHUNK_BYTES of entry data */
+	int sync;		/* the flusher syncs the images after it */
 };
 
 struct store {
@@ -77,9 +80,12 @@ struct store {
 				 * error: refuse entries until store_resume */
 	/* entries that arrived while nothing was staged, held in memory
 	 * until they are applied (they are not acknowledged before): one
-	 * chunk filling while the flusher thread applies the other */
-	struct memchunk mc[2];
+	 * chunk filling while the flusher thread applies the others, one
+	 * at a time, in order */
+	struct memchunk mc[MEM_CHUNKS];
 	int mcur;		/* the chunk being filled */
+	int mq[MEM_CHUNKS];	/* full chunks waiting for the flusher, */
+	size_t mq_n;		/*   next first */
 	struct memchunk *fl_m;	/* the chunk being applied, or NULL */
 	pthread_t fl_th;
 	int fl_joinable, fl_rc;
@@ -166,6 +172,7 @@ int read_blocks(struct store *s, const struct cblk *bl, size_t nb,
     uint8_t *buf);
 int mem_wait(struct store *s);
 void mem_drop(struct store *s);
+void mem_stop(struct store *s);
 /* Apply or drop what memory holds, whatever the gap: for failover. */
 void store_settle(struct store *s);
 

@@ -1240,15 +1240,15 @@ test_ahead_chunks(void **state)
 	check_all_points(f, "after several chunks");
 }
 
-/* Stage random entries over more than one memory chunk (the flusher
- * applies one while the next fills). */
+/* Stage random entries over CHUNKS memory chunks and a quarter (the
+ * flusher applies one while the next fill, up to MEM_CHUNKS). */
 static void
-fill_chunks(struct fx *f)
+fill_chunks(struct fx *f, unsigned chunks)
 {
 	struct batch b = { .n = 0 };
 	uint64_t bytes = 0;
 
-	while (bytes < (16u << 20) + (4u << 20)) {
+	while (bytes < (uint64_t)CHUNK_BYTES * chunks + CHUNK_BYTES / 4) {
 		gen_entries(f, &b, 60);
 		for (size_t i = 0; i < b.n; i++)
 			bytes += b.e[i].type == JE_WRITE ? b.e[i].length : 0;
@@ -1296,8 +1296,9 @@ test_log_point(void **state)
 	latest_is_pending(f);
 	batch_free(&b);
 
-	/* a restart before the apply: memory is gone, the log is not */
-	fill_chunks(f);
+	/* a restart before the apply: memory is gone, the log is not; more
+	 * than memory holds, so that the receiving waited for the flusher */
+	fill_chunks(f, MEM_CHUNKS + 1);
 	id = log_point(f, T0 + 2);
 	reopen(f);
 	latest_is_pending(f);
@@ -1307,7 +1308,7 @@ test_log_point(void **state)
 	check_all_points(f, "logged point applied on open");
 
 	/* a failover before the apply */
-	fill_chunks(f);
+	fill_chunks(f, 2);
 	id = log_point(f, T0 + 3);
 	CHECK(store_failover(f->s, 0));
 	check_point(f, id, "failover to a logged point");
@@ -1316,7 +1317,7 @@ test_log_point(void **state)
 	check_images(f, f->cur, "cancel after failover to a logged point");
 
 	/* the next interval's entries before the apply */
-	fill_chunks(f);
+	fill_chunks(f, 1);
 	id = log_point(f, T0 + 4);
 	gen_entries(f, &b, 30);
 	CHECK(store_stage(f->s, b.e, b.n));
