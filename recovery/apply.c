@@ -777,6 +777,14 @@ mem_reap(struct store *s)
 	s->img_seq = m->e[m->n - 1].seq;
 	s->ahead_bytes += m->used;
 	m->n = m->used = 0;
+	if (m - s->mc >= MEM_KEPT) {
+		/* a burst's memory goes back once it is applied */
+		free(m->buf);
+		free(m->e);
+		m->buf = NULL;
+		m->e = NULL;
+		m->cap = 0;
+	}
 	/* the flusher synced the images after this chunk */
 	return s->fl_sync ? record_durable(s) : 0;
 }

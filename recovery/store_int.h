@@ -19,8 +19,9 @@
 
 #define STORE_MAP	(1ull << 42)	/* address space only */
 #define CHUNK_BYTES	(16u << 20)	/* data handled per transaction */
-#define MEM_CHUNKS	4		/* held in memory: one filling, the
+#define MEM_CHUNKS	8		/* held in memory: one filling, the
 					 * rest applied in order */
+#define MEM_KEPT	2		/* chunks that keep their memory */
 #define PV_HDR		34		/* point value header */
 #define RUN_BLOCKS	256		/* before-images read with one pread */
 #define CAPTURE_THREADS	16		/* before-image reads at once */
