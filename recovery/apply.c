@@ -233,6 +233,11 @@ store_sync_start(struct store *s)
 {
 	if (s->gap)
 		return gap_error(s);
+	if (s->mc[s->mcur].n == 0 && s->mq_n > 0) {
+		/* the last chunk queued (not started) syncs after it */
+		s->mc[s->mq[s->mq_n - 1]].sync = 1;
+		return 1;
+	}
 	if (s->mc[s->mcur].n == 0)
 		return 0;
 	return mem_flush_start(s, 1) == 0 ? 1 : -1;
@@ -709,13 +714,29 @@ flusher(void *arg)
 	return NULL;
 }
 
+/* Give chunk M's memory back (taken again when it fills). */
+static void
+mem_release(struct memchunk *m)
+{
+	free(m->buf);
+	free(m->e);
+	m->buf = NULL;
+	m->e = NULL;
+	m->cap = 0;
+}
+
 /* Forget what is held in memory: none of it was acknowledged.  The
  * flusher is idle. */
 void
 mem_drop(struct store *s)
 {
-	for (int i = 0; i < MEM_CHUNKS; i++)
-		s->mc[i].n = s->mc[i].used = 0;
+	for (int i = 0; i < MEM_CHUNKS; i++) {
+		struct memchunk *m = &s->mc[i];
+
+		m->n = m->used = 0;
+		if (i >= MEM_KEPT)
+			mem_release(m);
+	}
 	s->mq_n = 0;
 }
 
@@ -777,14 +798,8 @@ mem_reap(struct store *s)
 	s->img_seq = m->e[m->n - 1].seq;
 	s->ahead_bytes += m->used;
 	m->n = m->used = 0;
-	if (m - s->mc >= MEM_KEPT) {
-		/* a burst's memory goes back once it is applied */
-		free(m->buf);
-		free(m->e);
-		m->buf = NULL;
-		m->e = NULL;
-		m->cap = 0;
-	}
+	if (m - s->mc >= MEM_KEPT)
+		mem_release(m);	/* a burst's memory goes back */
 	/* the flusher synced the images after this chunk */
 	return s->fl_sync ? record_durable(s) : 0;
 }
@@ -1026,7 +1041,6 @@ int
 store_log_point(struct store *s, const struct jentry *marker)
 {
 	struct memchunk *m = &s->mc[s->mcur];
-	struct memchunk *fm;
 	uint64_t held;
 
 	if (s->info.state != STORE_NORMAL || s->gap ||
@@ -1035,21 +1049,25 @@ store_log_point(struct store *s, const struct jentry *marker)
 		return 0;
 	if (mem_pump(s) != 0)
 		return -1;
-	fm = s->fl_m;
-	if ((m->n == 0 && fm == NULL) || marker->seq <= mem_last(s))
+	if ((m->n == 0 && s->fl_m == NULL) || marker->seq <= mem_last(s))
 		return 0;
-	/* what completed chunks put into the images is not in memory any
-	 * more: made durable there (the flusher's chunk may be written
-	 * meanwhile; a sync only makes more durable) */
-	if (s->img_seq > s->img_dur && sync_disks(s) != 0) {
-		(void)mem_wait(s);
-		return images_lost(s);
+	/*
+	 * What completed chunks put into the images is not in memory any
+	 * more: it is made durable there, and the mark recorded, first.
+	 * The flusher's chunk is waited for (the queued ones wait): it has
+	 * the images to itself, and the kernel reports a writeback error
+	 * to one sync only.  On failure memory is dropped: none of it was
+	 * acknowledged, and the primary sends it again.
+	 */
+	if (mem_reap(s) != 0)
+		return -1;
+	if (images_durable(s) != 0) {
+		mem_drop(s);
+		return -1;
 	}
 	held = s->img_seq;
 	if (journal_begin(s->stage) != 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
-	if (fm != NULL && log_entries(s, fm->e, fm->n, &held) != 0)
-		goto fail;
 	for (size_t k = 0; k < s->mq_n; k++)
 		if (log_entries(s, s->mc[s->mq[k]].e, s->mc[s->mq[k]].n,
 		    &held) != 0)
@@ -1060,6 +1078,7 @@ store_log_point(struct store *s, const struct jentry *marker)
 	if (journal_commit(s->stage) != 0 || journal_sync(s->stage) != 0)
 		return sfail(s, "stage: %s", journal_error(s->stage));
 	s->logged = 1;
+	mem_next(s);	/* the apply goes on meanwhile */
 	return 1;
 fail:
 	journal_abort(s->stage);

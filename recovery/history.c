@@ -4,6 +4,7 @@
  * and retention (dropping points, merging their undo records).
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -278,10 +279,17 @@ store_failover(struct store *s, uint64_t id)
 		return sfail(s, "already failed over to point %llu (commit "
 		    "or cancel first)",
 		    (unsigned long long)s->info.failover_point);
-	/* a point logged ahead of its apply is made whole first (an error
-	 * leaves the point before it, which the rest of this handles) */
-	if (s->logged)
-		(void)store_apply(s);
+	/* a point logged ahead of its apply is made whole first; if that
+	 * fails, only a point before it can be reached, and the latest is
+	 * refused with the cause rather than silently replaced */
+	if (s->logged && store_apply(s) < 0 &&
+	    (id == 0 || id > s->info.last_point)) {
+		char cause[sizeof(s->err)];
+
+		snprintf(cause, sizeof(cause), "%s", s->err);
+		return sfail(s, "a received point could not be applied: %s",
+		    cause);
+	}
 	if (s->info.state != STORE_NORMAL || s->info.last_point == 0)
 		return sfail(s, "no recovery point yet (replica is %s)",
 		    store_state_name(s->info.state));

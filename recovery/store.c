@@ -762,6 +762,7 @@ store_begin_sync(struct store *s, uint64_t epoch,
 		    STORE_MAX_DISKS);
 	mem_wait(s);
 	mem_drop(s);	/* of the lineage being forgotten */
+	s->logged = 0;
 	if (s->info.state == STORE_FAILEDOVER ||
 	    s->info.state == STORE_COMMITTED)
 		return sfail(s, "replica is %s",

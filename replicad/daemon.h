@@ -292,6 +292,7 @@ struct rvm {
 	struct event *apply_ev;
 	int apply_pending;
 	int64_t apply_t0;
+	struct rconn *paused;	/* the connection whose reading waits */
 };
 
 /* recv.c */

@@ -206,9 +206,12 @@ rconn_free(struct rconn *c)
 			*pp = c->next;
 			break;
 		}
-	for (size_t i = 0; i < c->d->nrvms; i++)
+	for (size_t i = 0; i < c->d->nrvms; i++) {
 		if (c->d->rvms[i]->conn == c)
 			c->d->rvms[i]->conn = NULL;
+		if (c->d->rvms[i]->paused == c)
+			c->d->rvms[i]->paused = NULL;
+	}
 	if (c->bev)
 		bufferevent_free(c->bev);
 	free(c->anns);
@@ -611,7 +614,9 @@ apply_logged(evutil_socket_t fd, short what, void *arg)
 		if (an != NULL && !an->refused)
 			send_ack(c, an);
 	}
-	if (c != NULL && c->paused) {
+	/* the connection that paused (the VM may have moved to another) */
+	if ((c = r->paused) != NULL) {
+		r->paused = NULL;
 		c->paused = 0;
 		bufferevent_enable(c->bev, EV_READ);
 		read_cb(c->bev, c);
@@ -664,6 +669,7 @@ on_point(struct rconn *c, struct ann *an, const Replication__Point *p)
 		an->r->apply_pending = 1;
 		an->r->apply_t0 = t0;
 		evtimer_add(an->r->apply_ev, &now);
+		an->r->paused = c;
 		c->paused = 1;
 		return WIRE_PAUSE;
 	}
@@ -779,9 +785,12 @@ drained_cb(struct bufferevent *bev, void *arg)
 static void
 close_after_flush(struct rconn *c)
 {
-	for (size_t i = 0; i < c->d->nrvms; i++)
+	for (size_t i = 0; i < c->d->nrvms; i++) {
 		if (c->d->rvms[i]->conn == c)
 			c->d->rvms[i]->conn = NULL;
+		if (c->d->rvms[i]->paused == c)
+			c->d->rvms[i]->paused = NULL;
+	}
 	bufferevent_disable(c->bev, EV_READ);
 	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
 	bufferevent_setcb(c->bev, NULL, drained_cb, event_cb, c);

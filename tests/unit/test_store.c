@@ -1329,6 +1329,129 @@ test_log_point(void **state)
 	check_all_points(f, "after logged points");
 }
 
+/* Until the flusher is idle (its last chunk's thread ended). */
+static void
+flusher_wait(struct fx *f)
+{
+	for (int i = 0; i < 20000 && store_flushing(f->s); i++)
+		usleep(1000);
+	usleep(200000);
+}
+
+/* The same, then one more entry staged: what the flusher applied is
+ * taken in (the durable mark not yet moved). */
+static void
+flusher_idle(struct fx *f)
+{
+	struct batch b = { .n = 0 };
+
+	flusher_wait(f);
+	gen_entries(f, &b, 1);
+	CHECK(store_stage(f->s, b.e, b.n));
+	batch_free(&b);
+}
+
+/* A kill -9 now: the store's files copied as they are (what the images
+ * and logs hold), opened as a second store; the model's latest point
+ * checked there. */
+static void
+check_after_kill(struct fx *f, uint64_t id, const char *what)
+{
+	char cmd[512], dir2[160], err[512] = "";
+	struct store *s2, *orig = f->s;
+	struct plist l;
+
+	snprintf(dir2, sizeof(dir2), "%s/killed", f->dir);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s && cp -a %s %s", dir2, f->sdir,
+	    dir2);
+	assert_int_equal(system(cmd), 0);
+	if ((s2 = store_open(dir2, err, sizeof(err))) == NULL)
+		fail_msg("%s: open: %s", what, err);
+	f->s = s2;
+	list_points(f, &l);
+	assert_int_equal(l.p[l.n - 1].id, id);
+	CHECK(store_failover(f->s, id));
+	check_point(f, id, what);
+	store_close(s2);
+	f->s = orig;
+}
+
+/*
+ * Entries staged while failed over and applied ahead after the cancel,
+ * then chunks applied from memory, then a logged point and a kill: the
+ * restart must not lay the staged (older) entries over what the chunks
+ * wrote, so the chunks' mark is recorded before the point is logged.
+ */
+static void
+test_log_after_ahead(void **state)
+{
+	struct fx *f = *state;
+	uint64_t id;
+
+	initial_sync(f);
+	interval(f, T0);
+	CHECK(store_failover(f->s, 0));
+	fill_chunks(f, 1);	/* staged: failed over */
+	CHECK(store_cancel(f->s));
+	CHECK(store_apply_ahead(f->s));
+	fill_chunks(f, 2);	/* into memory, applied by the flusher */
+	flusher_idle(f);
+	id = log_point(f, T0 + 2);
+	flusher_wait(f);	/* the apply of the point has not begun */
+	latest_is_pending(f);
+	check_after_kill(f, id, "logged point after staged entries, killed");
+	close_point(f, T0 + 3, "the point after");
+	check_all_points(f, "after a logged point over staged entries");
+}
+
+/*
+ * The sync before a point is logged fails: nothing is acknowledged past
+ * what is durable, and what the primary sends again closes the point
+ * exactly.
+ */
+static void
+test_log_sync_fail(void **state)
+{
+	struct fx *f = *state;
+	struct batch b[64];
+	struct batch p = { .n = 0 };
+	uint64_t held, dur, bytes = 0;
+	size_t nb = 0;
+
+	initial_sync(f);
+	interval(f, T0);
+	CHECK(store_stage_sync(f->s, &dur));
+	while (bytes < (uint64_t)CHUNK_BYTES * 2 && nb < 64) {
+		b[nb].n = 0;
+		gen_entries(f, &b[nb], 60);
+		for (size_t i = 0; i < b[nb].n; i++)
+			bytes += b[nb].e[i].type == JE_WRITE ?
+			    b[nb].e[i].length : 0;
+		CHECK(store_stage(f->s, b[nb].e, b[nb].n));
+		nb++;
+	}
+	flusher_wait(f);
+	gen_point(f, &p, T0 + 1);
+	__atomic_store_n(&sync_fail_fd[0], f->s->fds[0], __ATOMIC_RELEASE);
+	assert_int_equal(store_log_point(f->s, &p.e[0]), -1);
+	assert_non_null(strstr(store_error(f->s), "sync"));
+	/* the primary announces again and resumes after what is held */
+	store_resume(f->s);
+	CHECK(store_stage_sync(f->s, &held));
+	assert_int_equal(held, dur);
+	for (size_t k = 0; k < nb; k++) {
+		CHECK(store_stage(f->s, b[k].e, b[k].n));
+		batch_free(&b[k]);
+	}
+	CHECK(store_stage(f->s, p.e, p.n));
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	check_point(f, 2, "the point after a failed sync, sent again");
+	batch_free(&p);
+	reopen(f);
+	check_all_points(f, "after a failed sync before a logged point");
+}
+
 /* Until the flusher's sync is over: store_sync_poll's answer. */
 static int
 poll_durable(struct fx *f, uint64_t *seq)
@@ -1457,6 +1580,10 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_ahead_chunks, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_log_point, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_log_after_ahead, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_log_sync_fail, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_sync_behind, setup,
 		    teardown),
