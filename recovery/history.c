@@ -282,7 +282,7 @@ store_failover(struct store *s, uint64_t id)
 	/* a point logged ahead of its apply is made whole first; if that
 	 * fails, only a point before it can be reached, and the latest is
 	 * refused with the cause rather than silently replaced */
-	if (s->logged && store_apply(s) < 0 &&
+	if (s->logged && store_apply(s) < 0 && s->logged &&
 	    (id == 0 || id > s->info.last_point)) {
 		char cause[sizeof(s->err)];
 

@@ -587,21 +587,19 @@ points_applied(struct rvm *r, int n, int64_t t0)
 
 static void read_cb(struct bufferevent *bev, void *arg);
 
-/* Apply the point logged ahead of its apply (on_point), then read on. */
+/* Apply the point logged ahead of its apply (on_point); before anything
+ * looks at R's points too (reading resumes only on the loop's turn, so
+ * that no newer point arrives meanwhile). */
 static void
-apply_logged(evutil_socket_t fd, short what, void *arg)
+settle(struct rvm *r)
 {
-	struct rvm *r = arg;
 	struct rconn *c = r->conn;
 	struct ann *an = c ? find_ann(c, r->name) : NULL;
 	int n;
 
-	(void)fd;
-	(void)what;
 	if (!r->apply_pending)
 		return;
 	r->apply_pending = 0;
-	evtimer_del(r->apply_ev);
 	if ((n = store_apply(r->store)) < 0) {
 		if (an != NULL)
 			refuse(c, an);
@@ -614,22 +612,25 @@ apply_logged(evutil_socket_t fd, short what, void *arg)
 		if (an != NULL && !an->refused)
 			send_ack(c, an);
 	}
-	/* the connection that paused (the VM may have moved to another) */
+}
+
+/* The loop's turn after a logged point's ack: apply it, then read on
+ * the connection that paused (the VM may have moved to another). */
+static void
+apply_logged(evutil_socket_t fd, short what, void *arg)
+{
+	struct rvm *r = arg;
+	struct rconn *c;
+
+	(void)fd;
+	(void)what;
+	settle(r);
 	if ((c = r->paused) != NULL) {
 		r->paused = NULL;
 		c->paused = 0;
 		bufferevent_enable(c->bev, EV_READ);
 		read_cb(c->bev, c);
 	}
-}
-
-/* Before anything looks at R's points: the point logged ahead of its
- * apply is applied now. */
-static void
-settle(struct rvm *r)
-{
-	if (r->apply_pending)
-		apply_logged(-1, 0, r);
 }
 
 static int
