@@ -868,8 +868,10 @@ mem_flush_start(struct store *s, int sync)
 	if (mem_pump(s) != 0)
 		return -1;
 	while ((next = mem_free(s)) < 0) {
+		/* fails when an apply failed (memory is dropped then) or
+		 * the durable mark could not be recorded */
 		if (mem_reap(s) != 0)
-			return -1;	/* memory was dropped */
+			return -1;
 		mem_next(s);
 	}
 	m->sync = sync;
