@@ -940,9 +940,13 @@ apply_point(struct store *s, const struct jentry *marker)
 	struct store_point p;
 	uint64_t bytes = 0;
 	MDB_txn *txn;
-	int rc;
+	int rc, logged = s->logged;
 
-	if (mem_flush(s) != 0 || apply_staged(s, marker->seq, &bytes) != 0)
+	/* a point logged ahead of its apply has all its entries in the
+	 * stage: what memory fails to apply (dropped then) comes from
+	 * there */
+	if ((mem_flush(s) != 0 && !logged) ||
+	    apply_staged(s, marker->seq, &bytes) != 0)
 		return -1;
 	bytes += s->ahead_bytes;
 	if (sync_disks(s) != 0)
@@ -969,6 +973,10 @@ apply_point(struct store *s, const struct jentry *marker)
 	    (rc = mdb_env_sync(s->env, 1)) != 0)
 		return sfail(s, "point commit: %s", mdb_strerror(rc));
 	s->logged = 0;
+	/* nothing after a logged marker was taken in before this apply:
+	 * what an error dropped is applied now, and nothing is missing */
+	if (logged)
+		s->gap = 0;
 	if (journal_trim(s->stage, marker->seq) < 0)
 		return sfail(s, "stage trim: %s", journal_error(s->stage));
 	return 0;

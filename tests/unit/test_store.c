@@ -1452,6 +1452,35 @@ test_log_sync_fail(void **state)
 	check_all_points(f, "after a failed sync before a logged point");
 }
 
+/*
+ * The flusher fails on a chunk after its point was logged and
+ * acknowledged (the images refuse writes for a moment): the apply takes
+ * those entries from the stage, the point is exact, and nothing stays
+ * refused.
+ */
+static void
+test_log_apply_error(void **state)
+{
+	struct fx *f = *state;
+	uint64_t held, id;
+
+	initial_sync(f);
+	interval(f, T0);
+	fill_chunks(f, 4);
+	id = log_point(f, T0 + 1);
+	images_readonly(f, 1);	/* the queued chunks' writes fail */
+	usleep(300000);
+	images_readonly(f, 0);
+	assert_int_equal(store_apply(f->s), 1);
+	latest_is_pending(f);
+	CHECK(store_stage_sync(f->s, &held));
+	assert_int_equal(held, f->seq);
+	check_point(f, id, "a logged point whose apply from memory failed");
+	close_point(f, T0 + 2, "the point after");
+	reopen(f);
+	check_all_points(f, "after a failed apply of a logged point");
+}
+
 /* Until the flusher's sync is over: store_sync_poll's answer. */
 static int
 poll_durable(struct fx *f, uint64_t *seq)
@@ -1584,6 +1613,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_log_after_ahead, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_log_sync_fail, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_log_apply_error, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_sync_behind, setup,
 		    teardown),
