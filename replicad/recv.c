@@ -562,22 +562,26 @@ on_entries(struct rconn *c, struct ann *an, Replication__Entry **ents,
 	return 0;
 }
 
-/* Store_apply applied N points (T0: when the marker arrived): say so
+/* store_apply applied N points (T0: when the marker arrived): say so
  * when it was long, and drop what the grid does not keep. */
 static void
 points_applied(struct rvm *r, int n, int64_t t0)
 {
+	struct store_info si;
 	int dropped;
 
 	if (n <= 0)
 		return;
 	r->last_point_ms = now_ms();
+	store_info(r->store, &si);
 	/* the apply holds this loop: say so when it is long */
 	if (r->last_point_ms - t0 >= 1000)
-		log_info("replica %s: point applied in %lld ms", r->name,
+		log_info("replica %s: point %llu applied in %lld ms", r->name,
+		    (unsigned long long)si.last_point,
 		    (long long)(r->last_point_ms - t0));
 	else
-		log_debug("replica %s: point applied in %lld ms", r->name,
+		log_debug("replica %s: point %llu applied in %lld ms",
+		    r->name, (unsigned long long)si.last_point,
 		    (long long)(r->last_point_ms - t0));
 	if (store_retain(r->store, r->keep, r->nkeep, now_ms(),
 	    &dropped) != 0)
