@@ -279,11 +279,12 @@ store_failover(struct store *s, uint64_t id)
 		return sfail(s, "already failed over to point %llu (commit "
 		    "or cancel first)",
 		    (unsigned long long)s->info.failover_point);
-	/* a point logged ahead of its apply is made whole first; if that
-	 * fails, only a point before it can be reached, and the latest is
-	 * refused with the cause rather than silently replaced */
-	if (s->logged && store_apply(s) < 0 && s->logged &&
-	    (id == 0 || id > s->info.last_point)) {
+	/* a point logged ahead of its apply is made whole first; if it is
+	 * still not applied, only a point before it can be reached, and the
+	 * latest is refused with the cause rather than silently replaced */
+	if (s->logged)
+		(void)store_apply(s);
+	if (s->logged && (id == 0 || id > s->info.last_point)) {
 		char cause[sizeof(s->err)];
 
 		snprintf(cause, sizeof(cause), "%s", s->err);

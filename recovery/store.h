@@ -139,12 +139,13 @@ int store_apply(struct store *s);
  * records of the latest point take them back (failover does). */
 int store_apply_ahead(struct store *s);
 /*
- * A point marker arrived while entries wait in memory (in the chunk that
- * fills, or the one the flusher applies): make the point durable by
+ * A point marker arrived while entries wait in memory (the chunk that
+ * fills and those queued for the flusher): make the point durable by
  * logging them with the marker to the stage (one sequential write and a
  * sync), instead of applying them first; store_apply applies it, from
- * memory, later.  What completed chunks put into the images is synced
- * first, since memory no longer holds it.  Returns 1 when the point was
+ * memory, later.  The flusher's chunk is waited for first, and what the
+ * applied chunks put into the images is synced and its mark recorded,
+ * since memory no longer holds it.  Returns 1 when the point was
  * logged (store_held_seq covers it), 0 when this way does not apply
  * (nothing in memory, something staged already, not replicating:
  * store_stage and store_apply then), -1 on error.

@@ -640,7 +640,7 @@ apply_logged(evutil_socket_t fd, short what, void *arg)
 static int
 on_point(struct rconn *c, struct ann *an, const Replication__Point *p)
 {
-	static const struct timeval now = { 0, 0 };
+	static const struct timeval at_once = { 0, 0 };
 	struct jentry e;
 	int64_t t0;
 	int n;
@@ -673,7 +673,7 @@ on_point(struct rconn *c, struct ann *an, const Replication__Point *p)
 		ack_point(c, an, store_held_seq(an->r->store), p->id);
 		an->r->apply_pending = 1;
 		an->r->apply_t0 = t0;
-		evtimer_add(an->r->apply_ev, &now);
+		evtimer_add(an->r->apply_ev, &at_once);
 		an->r->paused = c;
 		c->paused = 1;
 		return WIRE_PAUSE;
