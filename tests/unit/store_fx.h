@@ -224,20 +224,29 @@ check_point(struct fx *f, uint64_t id, const char *what)
 /* ------------------------------------------------------------------ */
 /* building the history */
 
+/* Start an initial copy of the model's disks (vda, vdb) from a primary
+ * journal of EPOCH. */
 static inline void
-initial_sync(struct fx *f)
+begin_copy(struct fx *f, uint64_t epoch)
 {
 	struct store_disk disks[NDISKS];
-	struct store_info info;
-	uint8_t *buf = malloc(65536);
 
-	assert_non_null(buf);
 	memset(disks, 0, sizeof(disks));
 	strcpy(disks[0].name, "vda");
 	strcpy(disks[1].name, "vdb");
 	for (int d = 0; d < NDISKS; d++)
 		disks[d].size = disk_size[d];
-	CHECK(store_begin_sync(f->s, 0xabcdef, disks, NDISKS));
+	CHECK(store_begin_sync(f->s, epoch, disks, NDISKS));
+}
+
+static inline void
+initial_sync(struct fx *f)
+{
+	struct store_info info;
+	uint8_t *buf = malloc(65536);
+
+	assert_non_null(buf);
+	begin_copy(f, 0xabcdef);
 	store_info(f->s, &info);
 	assert_int_equal(info.state, STORE_SYNCING);
 	assert_int_equal(info.epoch, 0xabcdef);

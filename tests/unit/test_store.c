@@ -556,16 +556,7 @@ test_resync(void **state)
 		memset(f->pending[d], 0, disk_size[d]);
 	for (int d = 0; d < NDISKS; d++)
 		memset(f->cur[d], 0, disk_size[d]);
-	{
-		struct store_disk disks[NDISKS];
-
-		memset(disks, 0, sizeof(disks));
-		strcpy(disks[0].name, "vda");
-		strcpy(disks[1].name, "vdb");
-		for (int d = 0; d < NDISKS; d++)
-			disks[d].size = disk_size[d];
-		CHECK(store_begin_sync(f->s, 77, disks, NDISKS));
-	}
+	begin_copy(f, 77);
 	check_images(f, f->cur, "images truncated by a new sync");
 	list_points(f, &l);
 	assert_int_equal(l.n, 0);
