@@ -13,7 +13,10 @@
 /*
  * Log key: seq(8) type(1) disk(4) offset(8) length(4) inline(2) then the
  * inline data bytes.  Write data over a quarter page lies in the data
- * log (jlog.h): inline is LK_INLOG and the value is its offset(8).  Smaller
+ * log (jlog.h): inline is LK_INLOG and the value is its offset(8) (LK_CONV
+ * for a placed entry given its data later, journal_convert: its data lies
+ * after that of entries with later sequences, and the "conv" table keeps
+ * its offset(8) -> seq(8) so that the log's release leaves it).  Smaller
  * data is the value (records of older versions may split data between key
  * and value; they still read).  A point's value is id(8) time(8) kind(1)
  * label.  Keys start with the big-endian sequence, so they sort by it and
@@ -21,12 +24,13 @@
  */
 #define LK_HDR 27
 #define LK_INLOG 0xffff
+#define LK_CONV 0xfffe
 #define JM_DHEAD "dhead"	/* the data log's head */
 #define JOURNAL_MAP (1ull << 40)	/* address space only; the file grows */
 
 struct journal {
 	MDB_env *env;
-	MDB_dbi log, meta, points, dirty;
+	MDB_dbi log, meta, points, dirty, conv;
 	MDB_txn *txn;		/* open write transaction, or NULL */
 	int txn_err;		/* sticky error of the open transaction */
 	uint64_t last_seq;	/* committed */
@@ -109,6 +113,13 @@ release_data(struct journal *j)
 	if (rc == MDB_NOTFOUND)	/* nothing in the log refers to it */
 		below = j->dl.committed;
 	mdb_cursor_close(c);
+	/* converted entries' data lies after that of later entries */
+	if (below != UINT64_MAX && mdb_cursor_open(txn, j->conv, &c) == 0) {
+		if (mdb_cursor_get(c, &k, &d, MDB_FIRST) == 0 &&
+		    k.mv_size == 8 && kv_get64(k.mv_data) < below)
+			below = kv_get64(k.mv_data);
+		mdb_cursor_close(c);
+	}
 	mdb_txn_abort(txn);
 	if (below != UINT64_MAX)
 		jlog_release(&j->dl, below);
@@ -126,7 +137,7 @@ journal_open(const char *dir, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	if ((rc = kv_env_open(&j->env, dir, 4, JOURNAL_MAP, MDB_NOSYNC)) != 0) {
+	if ((rc = kv_env_open(&j->env, dir, 5, JOURNAL_MAP, MDB_NOSYNC)) != 0) {
 		snprintf(err, errlen, "journal %s: %s", dir, mdb_strerror(rc));
 		free(j);
 		return NULL;
@@ -135,7 +146,8 @@ journal_open(const char *dir, char *err, size_t errlen)
 	    (rc = mdb_dbi_open(txn, "log", MDB_CREATE, &j->log)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &j->meta)) != 0 ||
 	    (rc = mdb_dbi_open(txn, "points", MDB_CREATE, &j->points)) != 0 ||
-	    (rc = mdb_dbi_open(txn, "dirty", MDB_CREATE, &j->dirty)) != 0)
+	    (rc = mdb_dbi_open(txn, "dirty", MDB_CREATE, &j->dirty)) != 0 ||
+	    (rc = mdb_dbi_open(txn, "conv", MDB_CREATE, &j->conv)) != 0)
 		goto fail;
 	if (kv_get_u64(txn, j->meta, JM_EPOCH, &epoch, 0) == MDB_NOTFOUND) {
 		if (getrandom(&epoch, sizeof(epoch), 0) != sizeof(epoch))
@@ -234,17 +246,37 @@ check_put(struct journal *j, uint64_t seq)
 	return 0;
 }
 
+/* Fill KEY's header; returns its length. */
+static void
+log_key(uint8_t *key, uint64_t seq, enum jentry_type type, uint32_t disk,
+    uint64_t off, uint32_t len, size_t inl)
+{
+	kv_put64(key, seq);
+	key[8] = (uint8_t)type;
+	kv_put32(key + 9, disk);
+	kv_put64(key + 13, off);
+	kv_put32(key + 21, len);
+	key[25] = (uint8_t)(inl >> 8);
+	key[26] = (uint8_t)inl;
+}
+
+/*
+ * Put a write (DATA), zeroing (NULL, !placed) or placed write (NULL,
+ * placed) with SEQ.  REPLACE: a placed entry becomes a write (its bytes
+ * were counted when it was appended); else an append.
+ */
 static int
-put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
-    uint32_t len, const void *data)
+put_rec(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
+    uint32_t len, const void *data, int placed, int replace)
 {
 	uint8_t key[LK_HDR + KV_INLINE_MAX], ref[8];
 	int inlog = data && jlog_takes(len);
 	size_t inl = data && !inlog ? kv_inline_len(len) : 0;
+	enum jentry_type type = data ? JE_WRITE : placed ? JE_PLACED : JE_ZERO;
 	MDB_val k, d;
 	int rc;
 
-	if (check_put(j, seq) != 0)
+	if (!replace && check_put(j, seq) != 0)
 		return -1;
 	if (inlog) {
 		uint64_t at;
@@ -254,15 +286,20 @@ put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
 			return jfail(j, "append: %s", j->dl.err);
 		}
 		kv_put64(ref, at);
-		inl = LK_INLOG;
+		inl = replace ? LK_CONV : LK_INLOG;
+		if (replace) {
+			uint8_t sk[8];
+			MDB_val ck = { 8, ref }, cv = { 8, sk };
+
+			kv_put64(sk, seq);
+			if ((rc = mdb_put(j->txn, j->conv, &ck, &cv, 0)) != 0) {
+				j->txn_err = rc;
+				return jfail(j, "convert: %s",
+				    mdb_strerror(rc));
+			}
+		}
 	}
-	kv_put64(key, seq);
-	key[8] = data ? JE_WRITE : JE_ZERO;
-	kv_put32(key + 9, disk);
-	kv_put64(key + 13, off);
-	kv_put32(key + 21, len);
-	key[25] = (uint8_t)(inl >> 8);
-	key[26] = (uint8_t)inl;
+	log_key(key, seq, type, disk, off, len, inl);
 	k.mv_data = key;
 	if (inlog) {
 		k.mv_size = LK_HDR;
@@ -275,16 +312,26 @@ put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
 		d.mv_size = data ? len - inl : 0;
 		d.mv_data = data ? (uint8_t *)data + inl : (void *)"";
 	}
-	if ((rc = mdb_put(j->txn, j->log, &k, &d, MDB_APPEND)) != 0) {
+	if ((rc = mdb_put(j->txn, j->log, &k, &d,
+	    replace ? 0 : MDB_APPEND)) != 0) {
 		j->txn_err = rc;
 		return jfail(j, "append: %s", mdb_strerror(rc));
 	}
-	if (data) {
+	if (replace)
+		return 0;
+	if (data || placed) {
 		j->pend_bytes += len;
 		j->pend_cycle += len;
 	}
 	j->next_seq = seq + 1;
 	return 0;
+}
+
+static int
+put_data(struct journal *j, uint64_t seq, uint32_t disk, uint64_t off,
+    uint32_t len, const void *data)
+{
+	return put_rec(j, seq, disk, off, len, data, 0, 0);
 }
 
 int
@@ -293,6 +340,37 @@ journal_append(struct journal *j, uint32_t disk, uint64_t off, uint32_t len,
 {
 	*seq = j->next_seq;
 	return put_data(j, j->next_seq, disk, off, len, data);
+}
+
+int
+journal_append_placed(struct journal *j, uint32_t disk, uint64_t off,
+    uint32_t len, uint64_t *seq)
+{
+	*seq = j->next_seq;
+	return put_rec(j, j->next_seq, disk, off, len, NULL, 1, 0);
+}
+
+int
+journal_convert(struct journal *j, uint64_t seq, uint32_t disk,
+    uint64_t off, uint32_t len, const void *data)
+{
+	uint8_t key[LK_HDR];
+	MDB_val k = { LK_HDR, key };
+	int rc;
+
+	if (j->txn == NULL || j->txn_err)
+		return jfail(j, "convert outside a good transaction");
+	if (data == NULL || len == 0)
+		return jfail(j, "convert: no data");
+	log_key(key, seq, JE_PLACED, disk, off, len, 0);
+	if ((rc = mdb_del(j->txn, j->log, &k, NULL)) != 0) {
+		if (rc != MDB_NOTFOUND)
+			j->txn_err = rc;
+		return jfail(j, "convert: entry %llu is no placed write of "
+		    "disk %u at %llu: %s", (unsigned long long)seq, disk,
+		    (unsigned long long)off, mdb_strerror(rc));
+	}
+	return put_rec(j, seq, disk, off, len, data, 0, 1);
 }
 
 static void
@@ -384,6 +462,8 @@ journal_put(struct journal *j, const struct jentry *e)
 	case JE_POINT:
 		return put_point(j, e->seq, e->point_id, e->time_ms, e->kind,
 		    e->label, e->length);
+	case JE_PLACED:
+		break;	/* its data is in another site's image */
 	}
 	return jfail(j, "unknown entry type %d", e->type);
 }
@@ -765,7 +845,7 @@ decode(struct journal *j, const MDB_val *k, const MDB_val *d, uint64_t top,
 	inl = ((size_t)p[25] << 8) | p[26];
 	switch (e->type) {
 	case JE_WRITE:
-		if (inl == LK_INLOG) {
+		if (inl == LK_INLOG || inl == LK_CONV) {
 			if (k->mv_size != LK_HDR || d->mv_size != 8 ||
 			    e->length == 0)
 				return jfail(j, "corrupt journal entry %llu",
@@ -797,6 +877,11 @@ decode(struct journal *j, const MDB_val *k, const MDB_val *d, uint64_t top,
 		e->data = j->scratch;
 		break;
 	case JE_ZERO:
+		break;
+	case JE_PLACED:
+		if (inl != 0 || d->mv_size != 0 || e->length == 0)
+			return jfail(j, "corrupt journal entry %llu",
+			    (unsigned long long)e->seq);
 		break;
 	case JE_POINT:
 		if (d->mv_size < 33)
@@ -841,13 +926,60 @@ journal_read(struct journal *j, uint64_t from, size_t max_bytes,
 			break;
 		}
 		n++;
-		if (e.type == JE_WRITE)
+		if (e.type == JE_WRITE || e.type == JE_PLACED)
 			bytes += e.length;
 		if (fn(&e, arg) != 0 || bytes >= max_bytes)
 			break;
 	}
 	if (rc != 0 && rc != MDB_NOTFOUND) {
 		jfail(j, "read: %s", mdb_strerror(rc));
+		n = -1;
+	}
+	mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+	return n;
+}
+
+int
+journal_scan(struct journal *j, uint64_t from, journal_fn fn, void *arg)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	MDB_val k, d;
+	uint8_t key[8];
+	struct jentry e;
+	int n = 0, rc, op = MDB_SET_RANGE;
+
+	if ((rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return jfail(j, "scan: %s", mdb_strerror(rc));
+	if ((rc = mdb_cursor_open(txn, j->log, &c)) != 0) {
+		mdb_txn_abort(txn);
+		return jfail(j, "scan: %s", mdb_strerror(rc));
+	}
+	kv_put64(key, from);
+	k.mv_size = 8;
+	k.mv_data = key;
+	while ((rc = mdb_cursor_get(c, &k, &d, op)) == 0) {
+		const uint8_t *p = k.mv_data;
+
+		op = MDB_NEXT;
+		if (k.mv_size >= LK_HDR && p[8] == JE_WRITE) {
+			memset(&e, 0, sizeof(e));
+			e.seq = kv_get64(p);
+			e.type = JE_WRITE;
+			e.disk = kv_get32(p + 9);
+			e.offset = kv_get64(p + 13);
+			e.length = kv_get32(p + 21);
+		} else if (decode(j, &k, &d, 0, &e) != 0) {
+			n = -1;
+			break;
+		}
+		n++;
+		if (fn(&e, arg) != 0)
+			break;
+	}
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		jfail(j, "scan: %s", mdb_strerror(rc));
 		n = -1;
 	}
 	mdb_cursor_close(c);
@@ -955,8 +1087,13 @@ journal_trim(struct journal *j, uint64_t upto)
 
 		if (k.mv_size < LK_HDR || kv_get64(p) > upto)
 			break;
-		if (p[8] == JE_WRITE)
+		if (p[8] == JE_WRITE || p[8] == JE_PLACED)
 			freed += kv_get32(p + 21);
+		if (p[8] == JE_WRITE && k.mv_size == LK_HDR &&
+		    (((unsigned)p[25] << 8) | p[26]) == LK_CONV &&
+		    d.mv_size == 8 && (rc = mdb_del(j->txn, j->conv, &d,
+		    NULL)) != 0 && rc != MDB_NOTFOUND)
+			break;
 		if ((rc = mdb_cursor_del(c, 0)) != 0)
 			break;
 		n++;
@@ -989,6 +1126,7 @@ journal_reset(struct journal *j)
 	if ((rc = mdb_drop(j->txn, j->log, 0)) != 0 ||
 	    (rc = mdb_drop(j->txn, j->points, 0)) != 0 ||
 	    (rc = mdb_drop(j->txn, j->dirty, 0)) != 0 ||
+	    (rc = mdb_drop(j->txn, j->conv, 0)) != 0 ||
 	    (rc = kv_put_u64(j->txn, j->meta, "dirty_chunks", 0)) != 0 ||
 	    (rc = kv_put_u64(j->txn, j->meta, JM_OVERFLOW, 0)) != 0 ||
 	    (rc = kv_put_u64(j->txn, j->meta, JM_CATCHUP_BASE, 0)) != 0 ||

@@ -36,6 +36,9 @@ enum jentry_type {
 	JE_WRITE = 1,		/* data for a range */
 	JE_ZERO = 2,		/* a range reads as zeroes (WRITE_ZEROES, TRIM) */
 	JE_POINT = 3,		/* a recovery point: all entries before it */
+	JE_PLACED = 4,		/* data for a range, kept in the image itself
+				 * (journal_append_placed): read, it has no
+				 * data */
 };
 
 enum point_kind { POINT_CRASH = 0, POINT_RESUMABLE = 1, POINT_APP = 2 };
@@ -85,6 +88,19 @@ int journal_begin(struct journal *j);
  * the entry's sequence. */
 int journal_append(struct journal *j, uint32_t disk, uint64_t off,
     uint32_t len, const void *data, uint64_t *seq);
+/*
+ * Append a write whose data the caller puts into the image itself, after
+ * the commit: the entry names the range, the image holds the data.  The
+ * caller keeps the image's range as it is until the entry is trimmed, or
+ * hands the data over first with journal_convert (copy-on-write).  Its
+ * length counts in journal_bytes() as a write's does.
+ */
+int journal_append_placed(struct journal *j, uint32_t disk, uint64_t off,
+    uint32_t len, uint64_t *seq);
+/* In the open transaction: the placed entry SEQ (committed earlier, with
+ * this disk, offset and length) gets DATA, as a write entry. */
+int journal_convert(struct journal *j, uint64_t seq, uint32_t disk,
+    uint64_t off, uint32_t len, const void *data);
 /* Append a point; it gets the next point id. */
 int journal_append_point(struct journal *j, enum point_kind kind,
     const char *label, int64_t time_ms, uint64_t *id, uint64_t *seq);
@@ -147,6 +163,10 @@ int journal_clear_dirty(struct journal *j);
 typedef int (*journal_fn)(const struct jentry *e, void *arg);
 int journal_read(struct journal *j, uint64_t from, size_t max_bytes,
     journal_fn fn, void *arg);
+
+/* Call fn for each committed entry with seq >= from, in order, without
+ * its data (e->data is NULL): for indexes rebuilt on open. */
+int journal_scan(struct journal *j, uint64_t from, journal_fn fn, void *arg);
 
 /* Find point ID; returns 1 found, 0 not, -1 error. */
 int journal_find_point(struct journal *j, uint64_t id, struct jentry *out);

@@ -178,6 +178,33 @@ struct pvm {
 	struct pmark { uint32_t disk; uint64_t off, len; } *pend_marks;
 	size_t npend_marks, cappend_marks;	/* committed, not synced */
 	uint64_t cu_gen;	/* atomic: catch-ups started (main) */
+	/*
+	 * Placed writes (placed.c): large aligned writes whose journal
+	 * entries name a 64 KiB piece of the image and whose data the image
+	 * writer puts there only once.  pl maps each piece to its newest
+	 * placed entry (main's); a write to a piece whose entry lies before
+	 * a point copies the entry's data into the journal first.  pl_undo
+	 * records the open batch's changes to pl.  pl_gen (under pl_mu)
+	 * moves with each copy and with the commit that holds it: the
+	 * shipper reads a placed entry's piece from the image under pl_mu,
+	 * and only if pl_gen is what it was when its journal snapshot began.
+	 */
+	struct pl_map { struct pl_ent *t; size_t cap, n; } pl;
+	struct pl_undo *pl_undo;
+	size_t npl_undo, cappl_undo;
+	uint64_t pl_epoch;	/* main: points cut (or found on open) */
+	uint64_t *np_seq[MAX_DISKS];	/* main: newest journaled (not
+					 * placed) entry per 1 MiB region */
+	uint64_t applied_mark;	/* main: JM_APPLIED as committed */
+	uint8_t *pl_buf;	/* main: a piece being copied */
+	pthread_mutex_t pl_mu;
+	int pl_mu_init;
+	uint64_t pl_gen;	/* under pl_mu; the shipper loads it atomic */
+	int pl_copied;		/* main: the open batch copied a piece */
+	int placed_unsynced;	/* main: placed writes since the images'
+				 * last sync */
+	int iw_wake_ship;	/* atomic: the shipper waits for written_seq */
+	uint8_t *ship_pl_buf;	/* shipper: a placed piece read */
 	int paused;		/* atomic: `replica pause` (main writes) */
 	uint64_t cu_requested;	/* shipper: cu_gen + 1 when it asked */
 	uint64_t cu_posted;	/* shipper: cu_base whose end was posted */
@@ -228,6 +255,9 @@ void catchup_view(struct pvm *vm, uint64_t *last, uint64_t *cb,
 uint64_t vm_cut_point(struct pvm *vm, enum point_kind kind,
     const char *label, uint64_t *seq, char *err, size_t errlen);
 void vm_tick(struct pvm *vm, int64_t now_ms);
+/* Until every queued write is in the images; did an image write fail? */
+void iw_drain(struct pvm *vm);
+int iw_broken(struct pvm *vm);
 void vm_acked(struct pvm *vm, uint64_t seq, uint64_t point);
 json_t *vm_status_json(struct pvm *vm, int64_t now_ms);
 json_t *vm_points_json(struct pvm *vm);
@@ -237,6 +267,36 @@ int vm_set_paused(struct pvm *vm, int paused, char *err, size_t errlen);
 /* A message from the shipper thread (main thread). */
 void vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a,
     uint64_t b);
+
+/* placed.c (main thread, but for pl_ship_read) */
+#define PL_PIECE	JOURNAL_MAX_ENTRY	/* a placed entry's range */
+#define PL_MIN		(256u << 10)	/* writes this large are placed */
+int pl_open(struct pvm *vm);
+void pl_close(struct pvm *vm);
+/* Before a write (or zeroing, or a write the dirty map tracks) of
+ * [off, off+len) on DISK: copy the placed entries of earlier intervals it
+ * overlaps into the journal's open transaction. */
+int pl_before_write(struct pvm *vm, uint32_t disk, uint64_t off,
+    uint64_t len);
+/* Does [off, off+len) overlap a placed entry of an earlier interval? */
+int pl_sealed_overlap(struct pvm *vm, uint32_t disk, uint64_t off,
+    uint64_t len);
+/* May this write be placed? */
+int pl_can_place(struct pvm *vm, uint32_t disk, uint64_t off, uint64_t len);
+void pl_placed(struct pvm *vm, uint32_t disk, uint64_t off, uint64_t seq);
+void pl_journaled(struct pvm *vm, uint32_t disk, uint64_t off, uint64_t len,
+    uint64_t seq);
+void pl_point(struct pvm *vm);
+void pl_committed(struct pvm *vm);
+void pl_aborted(struct pvm *vm);
+void pl_trimmed(struct pvm *vm, uint64_t upto);
+/* Shipper: a placed entry's data into buf (PL_PIECE bytes).  0 done;
+ * 1 a copy began since GEN was read: read the journal again; 2 the image
+ * writer has not written it yet (the link is woken when it has); -1 an
+ * error. */
+int pl_ship_read(struct pvm *vm, const struct jentry *e, uint64_t gen,
+    uint8_t *buf);
+uint64_t pl_ship_gen(struct pvm *vm);
 
 /* ship.c (shipper thread) */
 void ship_link_ready(struct link *l);

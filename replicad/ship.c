@@ -418,6 +418,9 @@ struct batch {
 	int oom;
 	uint64_t stop;		/* a catch-up's first seq: stop there */
 	uint64_t last;		/* the view's last seq: nothing after it */
+	struct pvm *vm;
+	uint64_t pl_gen;	/* pl_ship_gen() before the snapshot */
+	int wait;		/* a placed entry stopped it (pl_ship_read) */
 };
 
 static int
@@ -437,7 +440,17 @@ collect(const struct jentry *e, void *arg)
 	en.disk = e->disk;
 	en.offset = e->offset;
 	en.length = e->length;
-	if (e->type == JE_WRITE) {
+	if (e->type == JE_PLACED) {
+		/* its data is in the image (placed.c) */
+		int r = pl_ship_read(b->vm, e, b->pl_gen, b->vm->ship_pl_buf);
+
+		if (r != 0) {
+			b->wait = r;
+			return 1;
+		}
+		en.data.data = b->vm->ship_pl_buf;
+		en.data.len = e->length;
+	} else if (e->type == JE_WRITE) {
 		en.data.data = (uint8_t *)(uintptr_t)e->data;
 		en.data.len = e->length;
 	} else
@@ -461,14 +474,25 @@ stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 	memset(&b, 0, sizeof(b));
 	b.stop = cb > vm->send_seq ? cb : 0;
 	b.last = last;
+	b.vm = vm;
 	if (frame_writes_init(&b.w, vm->cfg->name, SHIP_BATCH) != 0)
 		return -1;
-	if (journal_read(vm->j, vm->send_seq, SHIP_BATCH, collect, &b) < 0) {
-		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
-		r = -1;
-		goto out;
+	/* a copy that began after the snapshot: read the journal again
+	 * (the next snapshot has it, or it is before its commit) */
+	for (int tries = 0; tries < 100; tries++) {
+		b.wait = 0;
+		b.pl_gen = pl_ship_gen(vm);
+		if (journal_read(vm->j, vm->send_seq, SHIP_BATCH, collect,
+		    &b) < 0) {
+			log_warnx("vm %s: %s", vm->cfg->name,
+			    journal_error(vm->j));
+			r = -1;
+			goto out;
+		}
+		if (b.wait != 1 || b.w.nent > 0 || b.have_point || b.oom)
+			break;
 	}
-	if (b.oom) {
+	if (b.oom || b.wait < 0) {
 		r = -1;
 		goto out;
 	}
@@ -499,10 +523,12 @@ stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 			goto out;
 		vm->send_seq = b.point.seq + 1;
 	}
-	if (b.w.nent == 0 && !b.have_point)
+	if (b.w.nent == 0 && !b.have_point && b.wait == 0)
 		/* nothing up to a catch-up's chunks, or up to what was
 		 * last: sequence numbers reserved without entries */
 		vm->send_seq = b.stop ? b.stop : last + 1;
+	else if (b.w.nent == 0 && !b.have_point)
+		r = 1;	/* waits for the image writer, which wakes the link */
 out:
 	frame_writes_free(&b.w);
 	return r;
@@ -652,8 +678,11 @@ stream_next(struct pvm *vm)
 	}
 	if (cb && vm->send_seq >= cb && vm->send_seq <= ce)
 		return catchup_step(vm, cb, ce) ? -1 : 1;
-	if (vm->send_seq <= last)
-		return stream_step(vm, cb, last) ? -1 : 1;
+	if (vm->send_seq <= last) {
+		int r = stream_step(vm, cb, last);
+
+		return r < 0 ? -1 : r == 0;
+	}
 	/* over quota and the journal all sent: once per catch-up started,
 	 * ask for the next one */
 	if (__atomic_load_n(&vm->overflow, __ATOMIC_ACQUIRE) &&

@@ -187,9 +187,14 @@ iw_main(void *arg)
 		 * is in the images as well */
 		if (vm->iw_n == 0)
 			seq = vm->iw_target;
-		if (!__atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE))
+		if (!__atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE)) {
 			__atomic_store_n(&vm->written_seq, seq,
-			    __ATOMIC_RELEASE);
+			    __ATOMIC_SEQ_CST);
+			/* the shipper waits for a placed write's data */
+			if (__atomic_exchange_n(&vm->iw_wake_ship, 0,
+			    __ATOMIC_SEQ_CST) && vm->link)
+				link_wake(vm->link);
+		}
 		if (vm->iw_n == 0)
 			__atomic_store_n(&vm->iw_pending, 0, __ATOMIC_RELEASE);
 		pthread_cond_broadcast(&vm->iw_idle);
@@ -232,14 +237,14 @@ iw_start(struct pvm *vm)
 
 /* An image write failed: what main writes to the images itself must not
  * land where the journal would later lay older data over it. */
-static int
+int
 iw_broken(struct pvm *vm)
 {
 	return __atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE);
 }
 
 /* Until every queued write is in the images. */
-static void
+void
 iw_drain(struct pvm *vm)
 {
 	if (!vm->iw_started ||
@@ -337,8 +342,8 @@ replay_one(const struct jentry *e, void *arg)
 	struct pvm *vm = arg;
 	struct pdisk *pd;
 
-	if (e->type == JE_POINT)
-		return 0;
+	if (e->type == JE_POINT || e->type == JE_PLACED)
+		return 0;	/* placed: the data is in the image */
 	if (e->disk >= vm->ndisks) {
 		log_warnx("%s: %s: entry %llu names disk %u", __func__,
 		    vm->cfg->name, (unsigned long long)e->seq, e->disk);
@@ -571,6 +576,11 @@ vm_open(struct daemon *d, struct pvm *vm, const struct cfg_vm *cfg)
 		    journal_error(vm->j));
 		return -1;
 	}
+	if (pl_open(vm) != 0) {
+		log_warnx("%s: vm %s: cannot set up placed writes", __func__,
+		    cfg->name);
+		return -1;
+	}
 	for (size_t i = 0; i < vm->ndisks; i++) {
 		vm->chunk_base[i] = vm->nchunks;
 		vm->nchunks += (vm->disks[i].size + JOURNAL_CHUNK - 1) /
@@ -653,6 +663,7 @@ vm_close(struct pvm *vm)
 			journal_commit(vm->j);
 		journal_close(vm->j);
 	}
+	pl_close(vm);
 	free(vm->ops);
 	free(vm->waiters);
 	free(vm->marked);
@@ -775,13 +786,19 @@ vm_commit(struct pvm *vm)
 		log_warnx("vm %s: journal: %s", vm->cfg->name,
 		    journal_error(vm->j));
 		err = errno_of_journal(vm);
-	} else if (top > journal_last_seq(vm->j)) {
-		/* their transaction ended without them: never acknowledged
-		 * without their entries */
-		log_warnx("vm %s: journal: %llu entries lost before their "
-		    "commit", vm->cfg->name, (unsigned long long)(top -
-		    journal_last_seq(vm->j)));
-		err = EIO;
+		pl_aborted(vm);
+	} else {
+		/* before the image writer takes the batch (placed.c) */
+		pl_committed(vm);
+		if (top > journal_last_seq(vm->j)) {
+			/* their transaction ended without them: never
+			 * acknowledged without their entries */
+			log_warnx("vm %s: journal: %llu entries lost before "
+			    "their commit", vm->cfg->name,
+			    (unsigned long long)(top -
+			    journal_last_seq(vm->j)));
+			err = EIO;
+		}
 	}
 	if (!err && iw_broken(vm))
 		err = EIO;	/* the images fail: said once, by the writer */
@@ -803,6 +820,16 @@ vm_commit(struct pvm *vm)
 			log_warn("vm %s: write %s", vm->cfg->name,
 			    vm->disks[op->disk].export);
 			err = EIO;
+		}
+	}
+	/* placed writes are durable in the images only */
+	if (!err && vm->need_sync && vm->placed_unsynced) {
+		iw_drain(vm);
+		if (iw_broken(vm) || img_sync(vm) != 0)
+			err = EIO;
+		else {
+			iw_synced(vm);
+			vm->placed_unsynced = 0;
 		}
 	}
 	if (!err && vm->need_sync && vm_journal_sync(vm) != 0) {
@@ -832,6 +859,7 @@ static void
 vm_abort_batch(struct pvm *vm, int err)
 {
 	journal_abort(vm->j);
+	pl_aborted(vm);
 	batch_done(vm, err);
 }
 
@@ -858,8 +886,10 @@ enter_overflow(struct pvm *vm)
 	if (journal_begin(vm->j) != 0 ||
 	    journal_set(vm->j, JM_APPLIED, vm->written_seq) != 0 ||
 	    journal_set(vm->j, JM_OVERFLOW, 1) != 0 ||
-	    journal_commit(vm->j) != 0 || vm_journal_sync(vm) != 0 ||
-	    journal_begin(vm->j) != 0)
+	    journal_commit(vm->j) != 0)
+		return -1;
+	vm->applied_mark = vm->written_seq;
+	if (vm_journal_sync(vm) != 0 || journal_begin(vm->j) != 0)
 		return -1;
 	__atomic_store_n(&vm->overflow, 1, __ATOMIC_RELEASE);
 	log_warnx("vm %s: the journal holds %llu bytes, its quota "
@@ -1020,7 +1050,8 @@ be_write(void *exp, uint64_t off, uint32_t len, void *data, int fua,
 		return;
 	}
 	if (vm->overflow && !fua && vm->nops == 0 &&
-	    all_marked(vm, pd->idx, off, len)) {
+	    all_marked(vm, pd->idx, off, len) &&
+	    !pl_sealed_overlap(vm, pd->idx, off, len)) {
 		/* The map already holds these chunks durably committed, and
 		 * no earlier write waits: straight to the image. */
 		iw_drain(vm);
@@ -1042,6 +1073,13 @@ be_write(void *exp, uint64_t off, uint32_t len, void *data, int fua,
 	    journal_pending_bytes(vm->j) + len > vm->quota &&
 	    enter_overflow(vm) != 0)
 		goto fail;
+	/* placed entries of earlier intervals under it: their data first */
+	if (pl_before_write(vm, pd->idx, off, len) != 0) {
+		free(op.data);
+		nbd_complete(req, EIO);
+		vm_abort_batch(vm, EIO);
+		return;
+	}
 	if (vm->overflow) {
 		/* over quota: the image takes it, the map remembers where */
 		if (journal_mark_dirty(vm->j, pd->idx, off, len) != 0)
@@ -1049,18 +1087,29 @@ be_write(void *exp, uint64_t off, uint32_t len, void *data, int fua,
 		op.marked = 1;
 		vm->img_unsynced = 1;
 	} else if (data) {
+		/* large and aligned: the image alone takes the data */
+		int placed = pl_can_place(vm, pd->idx, off, len);
+
 		for (uint32_t done = 0; done < len;) {
 			uint32_t piece = len - done > JOURNAL_MAX_ENTRY ?
 			    JOURNAL_MAX_ENTRY : len - done;
 
-			if (journal_append(vm->j, pd->idx, off + done, piece,
-			    op.data + done, &op.seq) != 0)
+			if ((placed ? journal_append_placed(vm->j, pd->idx,
+			    off + done, piece, &op.seq) : journal_append(vm->j,
+			    pd->idx, off + done, piece, op.data + done,
+			    &op.seq)) != 0)
 				goto fail;
+			if (placed)
+				pl_placed(vm, pd->idx, off + done, op.seq);
 			done += piece;
 		}
+		if (!placed)
+			pl_journaled(vm, pd->idx, off, len, op.seq);
 	} else if (journal_append(vm->j, pd->idx, off, len, NULL,
 	    &op.seq) != 0)
 		goto fail;
+	else
+		pl_journaled(vm, pd->idx, off, len, op.seq);
 	if (fua)
 		vm->need_sync = 1;
 	if (push_op(vm, &op) != 0)
@@ -1147,6 +1196,7 @@ vm_cut_point(struct pvm *vm, enum point_kind kind, const char *label,
 		vm_commit(vm);
 		return 0;
 	}
+	pl_point(vm);
 	vm->need_sync = 1;
 	vm_commit(vm);
 	vm->last_point_ms = now_ms();
@@ -1335,10 +1385,13 @@ vm_tick(struct pvm *vm, int64_t now)
 		    journal_set(vm->j, JM_APPLIED, synced) != 0 ||
 		    journal_set(vm->j, JM_ACKED, vm->acked_seq) != 0 ||
 		    journal_set(vm->j, JM_ACKED_POINT, vm->acked_point) != 0 ||
-		    journal_commit(vm->j) != 0 || vm_journal_sync(vm) != 0 ||
+		    journal_commit(vm->j) != 0 ||
+		    (vm->applied_mark = synced, vm_journal_sync(vm)) != 0 ||
 		    journal_trim(vm->j, upto) < 0)
 			log_warnx("vm %s: trim: %s", vm->cfg->name,
 			    journal_error(vm->j));
+		else
+			pl_trimmed(vm, upto);
 		if (vm->acked_point > 1000)
 			journal_forget_points(vm->j, vm->acked_point - 1000);
 	}

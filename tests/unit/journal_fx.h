@@ -129,6 +129,7 @@ struct recs {
 	struct rec r[4096];
 	size_t n;
 	size_t stop_after;	/* return 1 after this many (0 = never) */
+	int scan;		/* journal_scan: entries without data */
 };
 
 static inline int
@@ -145,7 +146,9 @@ collect(const struct jentry *e, void *arg)
 	r->disk = e->disk;
 	r->offset = e->offset;
 	r->length = e->length;
-	if (e->type == JE_WRITE) {
+	if (rs->scan)
+		assert_null(e->data);
+	else if (e->type == JE_WRITE) {
 		assert_non_null(e->data);
 		r->data = malloc(e->length ? e->length : 1);
 		assert_non_null(r->data);

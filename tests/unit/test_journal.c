@@ -1095,6 +1095,145 @@ test_bytes_counter(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* placed entries: the range only; journal_convert gives one its data */
+
+static void
+test_placed(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *b = pattern(65536, 41), *c = pattern(4096, 42);
+	struct recs *rs;
+	uint64_t seq;
+
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_append_placed(f->j, 1, 131072, 65536, &seq),
+	    0);
+	assert_int_equal(seq, 1);
+	assert_int_equal(append1(f->j, 0, 0, 4096, c), 2);
+	assert_int_equal(journal_append_placed(f->j, 1, 196608, 65536, &seq),
+	    0);
+	assert_int_equal(journal_pending_bytes(f->j), 2 * 65536 + 4096);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_bytes(f->j), 2 * 65536 + 4096);
+
+	rs = read_all(f->j, 1);
+	assert_int_equal(rs->n, 3);
+	assert_int_equal(rs->r[0].type, JE_PLACED);
+	assert_int_equal(rs->r[0].disk, 1);
+	assert_int_equal(rs->r[0].offset, 131072);
+	assert_int_equal(rs->r[0].length, 65536);
+	assert_null(rs->r[0].data);
+	assert_int_equal(rs->r[1].type, JE_WRITE);
+	assert_int_equal(rs->r[2].type, JE_PLACED);
+	recs_free(rs);
+
+	/* a conversion names the entry exactly; a wrong one changes
+	 * nothing and poisons the transaction */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_convert(f->j, 1, 1, 65536, 65536, b), -1);
+	assert_non_null(strstr(journal_error(f->j), "no placed write"));
+	journal_abort(f->j);
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_convert(f->j, 2, 0, 0, 4096, c), -1);
+	journal_abort(f->j);
+
+	/* aborted: still placed */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_convert(f->j, 1, 1, 131072, 65536, b), 0);
+	journal_abort(f->j);
+	rs = read_all(f->j, 1);
+	assert_int_equal(rs->r[0].type, JE_PLACED);
+	recs_free(rs);
+
+	/* committed, with a later append in the same transaction: a write
+	 * entry with the data, its bytes counted once */
+	assert_int_equal(journal_begin(f->j), 0);
+	assert_int_equal(journal_convert(f->j, 1, 1, 131072, 65536, b), 0);
+	assert_int_equal(append1(f->j, 1, 131072, 4096, c), 4);
+	assert_int_equal(journal_commit(f->j), 0);
+	assert_int_equal(journal_bytes(f->j), 2 * 65536 + 2 * 4096);
+	reopen(f);
+	rs = read_all(f->j, 1);
+	assert_int_equal(rs->n, 4);
+	assert_int_equal(rs->r[0].seq, 1);
+	assert_int_equal(rs->r[0].type, JE_WRITE);
+	assert_int_equal(rs->r[0].offset, 131072);
+	assert_int_equal(rs->r[0].length, 65536);
+	assert_memory_equal(rs->r[0].data, b, 65536);
+	assert_int_equal(rs->r[2].type, JE_PLACED);
+	assert_int_equal(rs->r[3].seq, 4);
+	recs_free(rs);
+	assert_int_equal(journal_last_seq(f->j), 4);
+
+	/* the scan passes every entry without data */
+	rs = recs_new();
+	rs->scan = 1;
+	assert_int_equal(journal_scan(f->j, 2, collect, rs), 3);
+	assert_int_equal(rs->r[0].seq, 2);
+	assert_int_equal(rs->r[1].type, JE_PLACED);
+	assert_int_equal(rs->r[1].offset, 196608);
+	recs_free(rs);
+
+	/* trimmed, placed bytes leave the count too */
+	assert_int_equal(journal_trim(f->j, 3), 3);
+	assert_int_equal(journal_bytes(f->j), 4096);
+	free(b);
+	free(c);
+}
+
+/* Converted entries' data lies after that of later entries: a trim's
+ * release of the data log keeps it all the same. */
+static void
+test_placed_release(void **state)
+{
+	struct fx *f = *state;
+	enum { N = 1100 };	/* 68.75 MiB: past the first segment */
+	uint8_t *b = pattern(65536, 43), *c = pattern(65536, 44);
+	struct recs *rs;
+	uint64_t seq, id;
+
+	assert_int_equal(journal_begin(f->j), 0);
+	append1(f->j, 0, 0, 4096, NULL);
+	for (uint32_t i = 0; i < N; i++)
+		assert_int_equal(journal_append_placed(f->j, 0,
+		    (uint64_t)i * 65536, 65536, &seq), 0);
+	assert_int_equal(journal_append_point(f->j, POINT_CRASH, NULL, 1, &id,
+	    &seq), 0);
+	assert_int_equal(journal_commit(f->j), 0);
+
+	assert_int_equal(journal_begin(f->j), 0);
+	for (uint32_t i = 0; i < N; i++) {
+		b[0] = (uint8_t)i;
+		b[1] = (uint8_t)(i >> 8);
+		assert_int_equal(journal_convert(f->j, 2 + i, 0,
+		    (uint64_t)i * 65536, 65536, b), 0);
+	}
+	assert_int_equal(append1(f->j, 0, 0, 65536, c), N + 3);
+	assert_int_equal(journal_commit(f->j), 0);
+	/* the first entry with data of its own is in the second segment */
+	assert_int_equal(journal_trim(f->j, 1), 1);
+	reopen(f);
+	assert_int_equal(journal_trim(f->j, 1), 0);
+
+	rs = read_all(f->j, 2);
+	assert_int_equal(rs->n, N + 2);
+	for (uint32_t i = 0; i < N; i++) {
+		b[0] = (uint8_t)i;
+		b[1] = (uint8_t)(i >> 8);
+		assert_int_equal(rs->r[i].type, JE_WRITE);
+		assert_memory_equal(rs->r[i].data, b, 65536);
+	}
+	assert_int_equal(rs->r[N].type, JE_POINT);
+	assert_memory_equal(rs->r[N + 1].data, c, 65536);
+	recs_free(rs);
+	/* trimmed, the log lets its segments go */
+	assert_int_equal(journal_trim(f->j, UINT64_MAX), N + 2);
+	assert_int_equal(journal_bytes(f->j), 0);
+	free(b);
+	free(c);
+}
+
+/* ------------------------------------------------------------------ */
 /* journal_reset drops the map and the overflow / catch-up counters */
 
 static void
@@ -1168,6 +1307,9 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_dirty_clear, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_reserve, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_placed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_placed_release, setup,
+		    teardown),
 		cmocka_unit_test_setup_teardown(test_bytes_counter, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_reset_dirty, setup,
