@@ -829,7 +829,7 @@ journal_clear_dirty(struct journal *j)
 /* Decode one log record; write data is made contiguous in j->scratch. */
 static int
 decode(struct journal *j, const MDB_val *k, const MDB_val *d, uint64_t top,
-    struct jentry *e)
+    int nodata, struct jentry *e)
 {
 	const uint8_t *p = k->mv_data;
 	size_t inl;
@@ -845,6 +845,8 @@ decode(struct journal *j, const MDB_val *k, const MDB_val *d, uint64_t top,
 	inl = ((size_t)p[25] << 8) | p[26];
 	switch (e->type) {
 	case JE_WRITE:
+		if (nodata)
+			break;
 		if (inl == LK_INLOG || inl == LK_CONV) {
 			if (k->mv_size != LK_HDR || d->mv_size != 8 ||
 			    e->length == 0)
@@ -895,9 +897,10 @@ decode(struct journal *j, const MDB_val *k, const MDB_val *d, uint64_t top,
 	return 0;
 }
 
-int
-journal_read(struct journal *j, uint64_t from, size_t max_bytes,
-    journal_fn fn, void *arg)
+/* journal_read, or without the data (NODATA: journal_scan). */
+static int
+walk(struct journal *j, uint64_t from, size_t max_bytes, journal_fn fn,
+    void *arg, int nodata)
 {
 	MDB_txn *txn;
 	MDB_cursor *c;
@@ -921,7 +924,7 @@ journal_read(struct journal *j, uint64_t from, size_t max_bytes,
 	k.mv_data = key;
 	while ((rc = mdb_cursor_get(c, &k, &d, op)) == 0) {
 		op = MDB_NEXT;
-		if (decode(j, &k, &d, top, &e) != 0) {
+		if (decode(j, &k, &d, top, nodata, &e) != 0) {
 			n = -1;
 			break;
 		}
@@ -941,50 +944,16 @@ journal_read(struct journal *j, uint64_t from, size_t max_bytes,
 }
 
 int
+journal_read(struct journal *j, uint64_t from, size_t max_bytes,
+    journal_fn fn, void *arg)
+{
+	return walk(j, from, max_bytes, fn, arg, 0);
+}
+
+int
 journal_scan(struct journal *j, uint64_t from, journal_fn fn, void *arg)
 {
-	MDB_txn *txn;
-	MDB_cursor *c;
-	MDB_val k, d;
-	uint8_t key[8];
-	struct jentry e;
-	int n = 0, rc, op = MDB_SET_RANGE;
-
-	if ((rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn)) != 0)
-		return jfail(j, "scan: %s", mdb_strerror(rc));
-	if ((rc = mdb_cursor_open(txn, j->log, &c)) != 0) {
-		mdb_txn_abort(txn);
-		return jfail(j, "scan: %s", mdb_strerror(rc));
-	}
-	kv_put64(key, from);
-	k.mv_size = 8;
-	k.mv_data = key;
-	while ((rc = mdb_cursor_get(c, &k, &d, op)) == 0) {
-		const uint8_t *p = k.mv_data;
-
-		op = MDB_NEXT;
-		if (k.mv_size >= LK_HDR && p[8] == JE_WRITE) {
-			memset(&e, 0, sizeof(e));
-			e.seq = kv_get64(p);
-			e.type = JE_WRITE;
-			e.disk = kv_get32(p + 9);
-			e.offset = kv_get64(p + 13);
-			e.length = kv_get32(p + 21);
-		} else if (decode(j, &k, &d, 0, &e) != 0) {
-			n = -1;
-			break;
-		}
-		n++;
-		if (fn(&e, arg) != 0)
-			break;
-	}
-	if (rc != 0 && rc != MDB_NOTFOUND) {
-		jfail(j, "scan: %s", mdb_strerror(rc));
-		n = -1;
-	}
-	mdb_cursor_close(c);
-	mdb_txn_abort(txn);
-	return n;
+	return walk(j, from, SIZE_MAX, fn, arg, 1);
 }
 
 int

@@ -1381,12 +1381,15 @@ vm_tick(struct pvm *vm, int64_t now)
 		upto = 0;
 	if (upto > 0 && first != 0 && first <= upto) {
 		vm->next_trim_ms = now + TRIM_EVERY_MS;
-		if (journal_begin(vm->j) != 0 ||
-		    journal_set(vm->j, JM_APPLIED, synced) != 0 ||
-		    journal_set(vm->j, JM_ACKED, vm->acked_seq) != 0 ||
-		    journal_set(vm->j, JM_ACKED_POINT, vm->acked_point) != 0 ||
-		    journal_commit(vm->j) != 0 ||
-		    (vm->applied_mark = synced, vm_journal_sync(vm)) != 0 ||
+		int marked = journal_begin(vm->j) == 0 &&
+		    journal_set(vm->j, JM_APPLIED, synced) == 0 &&
+		    journal_set(vm->j, JM_ACKED, vm->acked_seq) == 0 &&
+		    journal_set(vm->j, JM_ACKED_POINT, vm->acked_point) == 0 &&
+		    journal_commit(vm->j) == 0;
+
+		if (marked)	/* placed.c: nothing before it is replayed */
+			vm->applied_mark = synced;
+		if (!marked || vm_journal_sync(vm) != 0 ||
 		    journal_trim(vm->j, upto) < 0)
 			log_warnx("vm %s: trim: %s", vm->cfg->name,
 			    journal_error(vm->j));
