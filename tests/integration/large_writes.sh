@@ -328,7 +328,10 @@ check "after kill -9 the primary holds every flushed write" \
 	lw flushed "$T/flushed.log" "$T/pre2.img" "$T/after.img"
 
 ra resume web01 >/dev/null
-settle web01 || die "no point reached the DR site after the crash"
+# settle, bounded: its `checkpoint --wait` would wait 2 min a try if
+# shipping stalled
+id=$(ra checkpoint web01) || die "no point after the crash"
+wait_replica_point "$id" || die "point $id, cut after the crash, did not reach the DR site"
 dr_settled web01
 capture "$T/final.img"
 check "the resumed primary reads as it did after the restart" cmp "$T/after.img" "$T/final.img"
