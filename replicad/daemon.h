@@ -204,7 +204,10 @@ struct pvm {
 	int placed_unsynced;	/* main: placed writes since the images'
 				 * last sync */
 	int iw_wake_ship;	/* atomic: the shipper waits for written_seq */
-	uint8_t *ship_pl_buf;	/* shipper: a placed piece read */
+	/* the shipper's window of placed pieces (pl_ship_read) */
+	uint8_t *ship_win;
+	uint32_t win_disk, win_len;
+	uint64_t win_off, win_ws;
 	int paused;		/* atomic: `replica pause` (main writes) */
 	uint64_t cu_requested;	/* shipper: cu_gen + 1 when it asked */
 	uint64_t cu_posted;	/* shipper: cu_base whose end was posted */
@@ -255,6 +258,8 @@ void catchup_view(struct pvm *vm, uint64_t *last, uint64_t *cb,
 uint64_t vm_cut_point(struct pvm *vm, enum point_kind kind,
     const char *label, uint64_t *seq, char *err, size_t errlen);
 void vm_tick(struct pvm *vm, int64_t now_ms);
+/* Before the links are freed (the image writer wakes them). */
+void vm_unlink(struct pvm *vm);
 /* Until every queued write is in the images; did an image write fail? */
 void iw_drain(struct pvm *vm);
 int iw_broken(struct pvm *vm);
@@ -290,13 +295,14 @@ void pl_point(struct pvm *vm);
 void pl_committed(struct pvm *vm);
 void pl_aborted(struct pvm *vm);
 void pl_trimmed(struct pvm *vm, uint64_t upto);
-/* Shipper: a placed entry's data into buf (PL_PIECE bytes).  0 done;
- * 1 a copy began since GEN was read: read the journal again; 2 the image
- * writer has not written it yet (the link is woken when it has); -1 an
- * error. */
+/* Shipper: before a journal snapshot, the generation of copies. */
+uint64_t pl_ship_begin(struct pvm *vm);
+/* Shipper: a placed entry's data (*data: PL_PIECE bytes, valid until the
+ * next call).  0 done; 1 a copy began since GEN was read: read the
+ * journal again; 2 the image writer has not written it yet (the link is
+ * woken when it has); -1 an error. */
 int pl_ship_read(struct pvm *vm, const struct jentry *e, uint64_t gen,
-    uint8_t *buf);
-uint64_t pl_ship_gen(struct pvm *vm);
+    const uint8_t **data);
 
 /* ship.c (shipper thread) */
 void ship_link_ready(struct link *l);

@@ -219,12 +219,15 @@ out:
 		event_base_loopexit(d->sbase, NULL);
 		pthread_join(d->sthread, NULL);
 	}
-	/* the links go first: they belong to the stopped shipper thread */
+	/* what the shipper posted last (acks), while the VMs are open */
+	inbox_cb(-1, 0, d);
+	/* the links go first: they belong to the stopped shipper thread;
+	 * the VMs' image writers stop waking them before they go */
+	for (size_t i = 0; i < d->nvms; i++)
+		vm_unlink(&d->vms[i]);
 	for (size_t i = 0; i < d->nlinks; i++)
 		link_free(d->links[i]);
 	d->nlinks = 0;
-	for (size_t i = 0; i < d->nvms; i++)
-		d->vms[i].link = NULL;
 	if (d->stick)
 		event_free(d->stick);
 	if (d->tick)
@@ -238,7 +241,6 @@ out:
 	recv_close_all(d);
 	vm_close_all(d);
 	free(d->links);
-	inbox_cb(-1, 0, d);	/* free what the shipper posted last */
 	if (d->ev_inbox)
 		event_free(d->ev_inbox);
 	event_base_free(d->sbase);

@@ -40,6 +40,7 @@
 #include "log.h"
 
 #define NP_REGION_SHIFT	20	/* np_seq: 1 MiB regions */
+#define PL_WINDOW	(1u << 20)	/* the shipper reads this much at once */
 
 struct pl_ent {
 	uint64_t key;		/* disk << 48 | piece */
@@ -189,16 +190,25 @@ gen_bump(struct pvm *vm)
 	pthread_mutex_unlock(&vm->pl_mu);
 }
 
+struct load {
+	struct pvm *vm;
+	int oom;
+};
+
 static int
 load_one(const struct jentry *e, void *arg)
 {
-	struct pvm *vm = arg;
+	struct load *l = arg;
+	struct pvm *vm = l->vm;
 
 	if (e->type == JE_POINT)
 		vm->pl_epoch++;
 	else if (e->type == JE_PLACED) {
-		if (map_reserve(&vm->pl, vm->pl.n + 1) != 0)
+		if (map_reserve(&vm->pl, vm->pl.n + 1) != 0) {
+			l->oom = 1;	/* a piece left out would not be
+					 * copied before a later write */
 			return 1;
+		}
 		map_set(&vm->pl, pl_key(e->disk, e->offset / PL_PIECE),
 		    e->seq, vm->pl_epoch);
 	}
@@ -210,13 +220,14 @@ int
 pl_open(struct pvm *vm)
 {
 	uint64_t first = journal_first_seq(vm->j);
+	struct load l = { vm, 0 };
 
 	if (pthread_mutex_init(&vm->pl_mu, NULL) != 0)
 		return -1;
 	vm->pl_mu_init = 1;
 	vm->applied_mark = journal_get(vm->j, JM_APPLIED);
 	if ((vm->pl_buf = malloc(PL_PIECE)) == NULL ||
-	    (vm->ship_pl_buf = malloc(PL_PIECE)) == NULL)
+	    posix_memalign((void **)&vm->ship_win, 4096, PL_WINDOW) != 0)
 		return -1;
 	for (size_t i = 0; i < vm->ndisks; i++) {
 		size_t n = (size_t)((vm->disks[i].size +
@@ -225,9 +236,14 @@ pl_open(struct pvm *vm)
 		if ((vm->np_seq[i] = calloc(n ? n : 1, 8)) == NULL)
 			return -1;
 	}
-	if (first && journal_scan(vm->j, first, load_one, vm) < 0) {
+	if (first && journal_scan(vm->j, first, load_one, &l) < 0) {
 		log_warnx("vm %s: placed writes: %s", vm->cfg->name,
 		    journal_error(vm->j));
+		return -1;
+	}
+	if (l.oom) {
+		log_warnx("vm %s: out of memory for the map of placed writes",
+		    vm->cfg->name);
 		return -1;
 	}
 	if (vm->pl.n)
@@ -245,7 +261,8 @@ pl_close(struct pvm *vm)
 	free(vm->pl_undo);
 	vm->pl_undo = NULL;
 	free(vm->pl_buf);
-	free(vm->ship_pl_buf);
+	free(vm->ship_win);
+	vm->ship_win = NULL;
 	for (size_t i = 0; i < MAX_DISKS; i++)
 		free(vm->np_seq[i]);
 	if (vm->pl_mu_init)
@@ -407,15 +424,26 @@ pl_trimmed(struct pvm *vm, uint64_t upto)
 }
 
 uint64_t
-pl_ship_gen(struct pvm *vm)
+pl_ship_begin(struct pvm *vm)
 {
+	vm->win_len = 0;
 	return __atomic_load_n(&vm->pl_gen, __ATOMIC_ACQUIRE);
 }
 
+/*
+ * The shipper reads a window of up to PL_WINDOW bytes from the entry's
+ * piece on (through the page cache: its read-ahead overlaps the disk with
+ * the shipping; reads around it were slower here).  Later entries of the
+ * same batch take their piece from the window if the writer had written
+ * them before the read: what the read saw of them is what a read of
+ * their own would have seen, since no copy began in between (pl_gen).
+ */
 int
 pl_ship_read(struct pvm *vm, const struct jentry *e, uint64_t gen,
-    uint8_t *buf)
+    const uint8_t **data)
 {
+	const struct pdisk *pd;
+	uint64_t ws, len;
 	int r;
 
 	if (e->disk >= vm->ndisks || e->length != PL_PIECE ||
@@ -426,23 +454,39 @@ pl_ship_read(struct pvm *vm, const struct jentry *e, uint64_t gen,
 		    e->disk, (unsigned long long)e->offset, e->length);
 		return -1;
 	}
-	if (__atomic_load_n(&vm->written_seq, __ATOMIC_SEQ_CST) < e->seq) {
+	pd = &vm->disks[e->disk];
+	if (vm->win_len && e->disk == vm->win_disk &&
+	    e->offset >= vm->win_off && e->seq <= vm->win_ws &&
+	    e->offset + e->length <= vm->win_off + vm->win_len) {
+		*data = vm->ship_win + (e->offset - vm->win_off);
+		return 0;
+	}
+	if ((ws = __atomic_load_n(&vm->written_seq, __ATOMIC_SEQ_CST)) <
+	    e->seq) {
 		__atomic_store_n(&vm->iw_wake_ship, 1, __ATOMIC_SEQ_CST);
-		if (__atomic_load_n(&vm->written_seq, __ATOMIC_SEQ_CST) <
-		    e->seq)
+		if ((ws = __atomic_load_n(&vm->written_seq,
+		    __ATOMIC_SEQ_CST)) < e->seq)
 			return 2;
 	}
+	len = pd->size - e->offset < PL_WINDOW ? pd->size - e->offset :
+	    PL_WINDOW;
 	pthread_mutex_lock(&vm->pl_mu);
 	if (vm->pl_gen != gen) {
 		pthread_mutex_unlock(&vm->pl_mu);
 		return 1;
 	}
-	r = pread_full(vm->disks[e->disk].fd, buf, e->length, e->offset);
+	r = pread_full(pd->fd, vm->ship_win, (size_t)len, e->offset);
 	pthread_mutex_unlock(&vm->pl_mu);
 	if (r != 0) {
+		vm->win_len = 0;
 		log_warn("vm %s: read %s for entry %llu", vm->cfg->name,
-		    vm->disks[e->disk].export, (unsigned long long)e->seq);
+		    pd->export, (unsigned long long)e->seq);
 		return -1;
 	}
+	vm->win_disk = e->disk;
+	vm->win_off = e->offset;
+	vm->win_len = (uint32_t)len;
+	vm->win_ws = ws;
+	*data = vm->ship_win;
 	return 0;
 }

@@ -419,7 +419,7 @@ struct batch {
 	uint64_t stop;		/* a catch-up's first seq: stop there */
 	uint64_t last;		/* the view's last seq: nothing after it */
 	struct pvm *vm;
-	uint64_t pl_gen;	/* pl_ship_gen() before the snapshot */
+	uint64_t pl_gen;	/* pl_ship_begin() before the snapshot */
 	int wait;		/* a placed entry stopped it (pl_ship_read) */
 };
 
@@ -442,13 +442,14 @@ collect(const struct jentry *e, void *arg)
 	en.length = e->length;
 	if (e->type == JE_PLACED) {
 		/* its data is in the image (placed.c) */
-		int r = pl_ship_read(b->vm, e, b->pl_gen, b->vm->ship_pl_buf);
+		const uint8_t *p;
+		int r = pl_ship_read(b->vm, e, b->pl_gen, &p);
 
 		if (r != 0) {
 			b->wait = r;
 			return 1;
 		}
-		en.data.data = b->vm->ship_pl_buf;
+		en.data.data = (uint8_t *)(uintptr_t)p;
 		en.data.len = e->length;
 	} else if (e->type == JE_WRITE) {
 		en.data.data = (uint8_t *)(uintptr_t)e->data;
@@ -481,7 +482,7 @@ stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 	 * (the next snapshot has it, or it is before its commit) */
 	for (int tries = 0; tries < 100; tries++) {
 		b.wait = 0;
-		b.pl_gen = pl_ship_gen(vm);
+		b.pl_gen = pl_ship_begin(vm);
 		if (journal_read(vm->j, vm->send_seq, SHIP_BATCH, collect,
 		    &b) < 0) {
 			log_warnx("vm %s: %s", vm->cfg->name,
@@ -492,7 +493,7 @@ stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 		if (b.wait != 1 || b.w.nent > 0 || b.have_point || b.oom)
 			break;
 	}
-	if (b.oom || b.wait < 0) {
+	if (b.oom) {
 		r = -1;
 		goto out;
 	}
@@ -527,8 +528,14 @@ stream_step(struct pvm *vm, uint64_t cb, uint64_t last)
 		/* nothing up to a catch-up's chunks, or up to what was
 		 * last: sequence numbers reserved without entries */
 		vm->send_seq = b.stop ? b.stop : last + 1;
-	else if (b.w.nent == 0 && !b.have_point)
-		r = 1;	/* waits for the image writer, which wakes the link */
+	else if (b.w.nent == 0 && !b.have_point) {
+		/* a placed entry waits: for the image writer, which wakes the
+		 * link; for a copy's commit, which does too, but the copy may
+		 * be given up; after a failed read of the image, a second */
+		r = 1;
+		if (b.wait != 2)
+			link_pump_later(vm->link, b.wait < 0 ? 1000 : 1);
+	}
 out:
 	frame_writes_free(&b.w);
 	return r;

@@ -90,8 +90,10 @@ iw_synced(struct pvm *vm)
 static void
 iw_fail(struct pvm *vm, const struct pdisk *pd)
 {
-	log_warn("vm %s: write %s (the journal keeps it: a restart writes "
-	    "it again)", vm->cfg->name, pd ? pd->export : "the images");
+	log_warn("vm %s: write %s (the journal keeps the data of writes it "
+	    "logged, and a restart writes it again; of large writes it "
+	    "keeps only where they went, and the DR site gets what the "
+	    "image holds)", vm->cfg->name, pd ? pd->export : "the images");
 	__atomic_store_n(&vm->iw_failed, 1, __ATOMIC_RELEASE);
 }
 
@@ -241,6 +243,17 @@ int
 iw_broken(struct pvm *vm)
 {
 	return __atomic_load_n(&vm->iw_failed, __ATOMIC_ACQUIRE);
+}
+
+/* The links are going: the image writer wakes none from now on. */
+void
+vm_unlink(struct pvm *vm)
+{
+	if (vm->iw_started)
+		pthread_mutex_lock(&vm->iw_mu);
+	vm->link = NULL;
+	if (vm->iw_started)
+		pthread_mutex_unlock(&vm->iw_mu);
 }
 
 /* Until every queued write is in the images. */

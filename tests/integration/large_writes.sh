@@ -17,7 +17,22 @@
 #     resume every point is listed and fails over: the DR's latest to the
 #     primary's bytes, part 1's to their bytes still, each cut during the
 #     writes to the state after a run of them (in order, no later than the
-#     restarted primary's).
+#     restarted primary's);
+#  3. with shipping live, rounds of 1 MiB writes (64 KiB-aligned) over one
+#     8 MiB region, each round new data, a point cut (no --wait) right
+#     after each, the next round at once, so the copy on write races the
+#     shipper still sending the previous rounds' pieces: ten rounds
+#     unthrottled (where shipping often keeps up: how far behind it was is
+#     printed), then eight with `bandwidth` at 16M, where it is surely
+#     behind (checked): every point fails over to the bytes an NBD client
+#     read from the primary when it was cut, which hold the rounds as
+#     written;
+#  4. a clean stop (SIGTERM) of the primary while a client streams 1 MiB
+#     writes into part 2's region, flushing every 4 writes, shipping live
+#     and points cut every 0.3 s: the daemon exits 0 with no sanitizer
+#     report, restarts, holds every flushed write; the points cut during
+#     the writes and the restarted primary follow the writes in order, and
+#     a point cut after the restart fails over to the primary's bytes.
 set -euo pipefail
 . "$(dirname "$0")/functions.sh"
 
@@ -33,7 +48,8 @@ import nbd
 
 K, M, P = 4096, 1 << 20, 64 << 10
 B1, L1 = 8 * M, 8 * M     # part 1's region
-B2, L2 = 32 * M, 16 * M   # part 2's region
+B2, L2 = 32 * M, 16 * M   # part 2's region (and part 4's)
+B3, L3 = 48 * M, 8 * M    # part 3's region
 LOOKAHEAD = 64            # writes the client may have sent after its last flush
 
 
@@ -247,8 +263,50 @@ def cmd_prefix(log, pre, after, *points):
             good = False
         else:
             prev = fit[0]
-    print("%d writes flushed before the crash" % f)
+    print("%d writes flushed before the primary went down" % f)
     sys.exit(0 if good and len(imgs) > 1 else 1)
+
+
+def live_ops(k):
+    """Part 3, round k: every aligned MiB of the region in a random order
+    (some shifted by a few 64 KiB pieces), and four more 1 MiB writes at
+    64 KiB-aligned offsets."""
+    r = random.Random(300 + k)
+    slots = list(range(L3 // M))
+    r.shuffle(slots)
+    offs = []
+    for s in slots:
+        off = B3 + s * M
+        if r.random() < 0.3:
+            off = min(off + P * r.randrange(1, 16), B3 + L3 - M)
+        offs.append(off)
+    offs += [B3 + P * r.randrange((L3 - M) // P + 1) for _ in range(4)]
+    return [("w", off, M, 3000000 + 1000 * k + i) for i, off in enumerate(offs)]
+
+
+def cmd_live(uri, k):
+    h = connect(uri)
+    for op in live_ops(int(k)):
+        do(h, op)
+    h.flush()
+    h.shutdown()
+
+
+def cmd_lmodel(pre, *imgs):
+    """imgs[j] is pre with part 3's rounds 1..j+1 applied."""
+    st = bytearray(open(pre, "rb").read())
+    good = True
+    for j, path in enumerate(imgs):
+        for op in live_ops(j + 1):
+            st[op[1]:op[1] + op[2]] = data(op)
+        got = open(path, "rb").read()
+        bad = [b for b in range(len(st) // K) if st[b * K:(b + 1) * K] != got[b * K:(b + 1) * K]]
+        if bad:
+            good = False
+            print("%s: %d blocks differ from rounds 1..%d" % (path, len(bad), j + 1),
+                  ["%d" % (b * K) for b in bad[:10]])
+    print("%d captures checked" % len(imgs))
+    sys.exit(0 if good and imgs else 1)
 
 
 globals()["cmd_" + sys.argv[1]](*sys.argv[2:])
@@ -360,4 +418,151 @@ for id in $ids; do
 done
 check "the ${#during[@]} points cut during the writes and the restarted primary follow the writes in order" \
 	lw prefix "$T/flushed.log" "$T/pre2.img" "$T/after.img" "${during[@]}"
+# 3. rounds of overwrites with shipping live: a point right after each
+#    round, the next round at once
+wait_replicating() {
+	local _
+	for _ in $(seq 600); do
+		[ "$(ra --json status web01 | jget vms 0 state)" = replicating ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+capture "$T/pre3.img"
+p3=()	# part 3's points, in the order cut
+lround=0
+# live_rounds N: N more rounds, each: write, flush, capture, cut a point,
+# note how far the DR site is behind as the next round begins
+live_rounds() {
+	local i id
+	for i in $(seq "$1"); do
+		lround=$((lround + 1))
+		lw live "$URI" "$lround" || die "live round $lround: the NBD client failed"
+		capture "$T/l$lround.img"
+		id=$(ra --json checkpoint web01 --label "l$lround" | jget point) ||
+			die "checkpoint after live round $lround"
+		ra --json status web01 >"$T/st$lround.json"
+		IMG[$id]=$T/l$lround.img
+		WHAT[$id]="live round $lround"
+		p3+=("$id")
+	done
+}
+# behind FIRST LAST: per round, what the DR site had acknowledged when the
+# next round began; fails unless every round but LAST was still unshipped
+behind() {
+	python3 -c 'import json, sys
+first, last, t = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ids, n = sys.argv[4:], 0
+for k in range(first, last + 1):
+    v = json.load(open("%s/st%d.json" % (t, k)))["vms"][0]
+    pt = int(ids[k - 1])
+    n += k < last and v["last_point"] < pt
+    print("round %d, point %d: the DR site had point %d, seq %d of %d" % (
+        k, pt, v["last_point"], v["acked_seq"], v["journal_seq"]))
+print("%d of %d rounds were overwritten before they were shipped" % (n, last - first))
+sys.exit(0 if n == last - first else 1)' "$1" "$2" "$T" "${p3[@]}"
+}
+t3=$SECONDS
+live_rounds 10
+wait_replica_point "${p3[9]}" || die "point ${p3[9]} did not reach the DR site"
+behind 1 10 || true
+for id in "${p3[@]:0:10}"; do
+	fo_check "$id" "${IMG[$id]}" "point $id (${WHAT[$id]}, shipping live) fails over to the primary's bytes"
+done
+# again with shipping surely behind: the rounds come faster than 16 MiB/s
+stop_a
+BANDWIDTH=${LW_BANDWIDTH:-16M} write_configs
+start_a
+wait_replicating || die "site-a did not resume replicating after the restart"
+live_rounds 8
+check "with bandwidth ${LW_BANDWIDTH:-16M}, each round is overwritten before it is shipped" \
+	behind 11 18
+cat "$T/check.out"
+wait_replica_point "${p3[17]}" || die "point ${p3[17]} did not reach the DR site"
+for id in "${p3[@]:10}"; do
+	fo_check "$id" "${IMG[$id]}" "point $id (${WHAT[$id]}, shipping throttled) fails over to the primary's bytes"
+done
+stop_a
+write_configs
+start_a
+wait_replicating || die "site-a did not resume replicating after the restart"
+check "the captures hold the ${#p3[@]} rounds as written" \
+	lw lmodel "$T/pre3.img" $(for k in $(seq "$lround"); do echo "$T/l$k.img"; done)
+echo "     part 3 took $((SECONDS - t3)) s"
+
+# 4. a clean stop of the primary while a client streams large writes,
+#    shipping live, points cut meanwhile
+t4=$SECONDS
+capture "$T/pre4.img"
+: >"$T/flushed4.log"
+: >"$T/cut4.txt"
+rm -f "$T/stop"
+lw writer "$URI" "$T/flushed4.log" 0.004 &
+wpid=$!
+(
+	while [ ! -e "$T/stop" ]; do
+		sleep 0.3
+		ra --json checkpoint web01 2>/dev/null | jget point >>"$T/cut4.txt" 2>/dev/null || true
+	done
+) &
+cpid=$!
+sleep 2
+check "shipping is live as the primary is stopped" \
+	test "$(ra --json status web01 | jget vms 0 state)" = replicating
+ra --json status web01 >"$T/st4.json"
+logpos=$(wc -c <"$T/a.log")
+# stop_a, keeping its exit status, bounded
+ts=$(date +%s%N)
+kill "$A_PID"
+for _ in $(seq 600); do
+	kill -0 "$A_PID" 2>/dev/null || break
+	sleep 0.1
+done
+if kill -0 "$A_PID" 2>/dev/null; then
+	not_ok "the primary stops within 60 s of SIGTERM"
+	kill -9 "$A_PID"
+fi
+arc=0
+wait "$A_PID" || arc=$?
+A_PID=
+python3 -c 'import json, sys
+v = json.load(open(sys.argv[1]))["vms"][0]
+print("     as it was stopped the DR site had point %d, seq %d of %d; it stopped in %d ms" % (
+    v["last_point"], v["acked_seq"], v["journal_seq"], int(sys.argv[2]) // 1000000))' \
+	"$T/st4.json" "$(($(date +%s%N) - ts))"
+check "the primary exits 0 on SIGTERM" test "$arc" = 0
+touch "$T/stop"
+wait "$cpid" || true
+wstatus=0
+wait "$wpid" || wstatus=$?
+check "the client was still writing when the primary stopped" test "$wstatus" = 0
+start_a
+wait_replicating || die "site-a did not resume replicating after the stop"
+check "no sanitizer report from the stop and the restart" \
+	sh -c "! tail -c +$((logpos + 1)) '$T/a.log' | grep -E 'Sanitizer|runtime error'"
+[ -z "${KEEP_TMP:-}" ] || { echo "     site-a's log from the stop:"; tail -c +$((logpos + 1)) "$T/a.log" | sed 's/^/     | /'; }
+capture "$T/after4.img"
+check "after the stop the primary holds every flushed write" \
+	lw flushed "$T/flushed4.log" "$T/pre4.img" "$T/after4.img"
+id=$(ra checkpoint web01) || die "no point after the stop"
+wait_replica_point "$id" || die "point $id, cut after the stop, did not reach the DR site"
+dr_settled web01
+mapfile -t cut4 <"$T/cut4.txt"
+echo "points cut during the writes: ${cut4[*]}"
+check "every point the primary returned is listed on the DR site" listed "$id" "${cut4[@]}"
+fo_check "$id" "$T/after4.img" "after the stop: point $id fails over to the primary's bytes"
+during=()
+for c in "${cut4[@]}"; do
+	if rb --json failover web01 --point "$c" >"$T/fo.json"; then
+		cp "$(jget disks 0 path <"$T/fo.json")" "$T/s$c.img"
+		rb cancel web01 >/dev/null
+		during+=("$T/s$c.img")
+	else
+		not_ok "after the stop: point $c fails over"
+	fi
+done
+check "the ${#during[@]} points cut during the writes and the restarted primary follow the writes in order" \
+	lw prefix "$T/flushed4.log" "$T/pre4.img" "$T/after4.img" "${during[@]}"
+cat "$T/check.out"
+echo "     part 4 took $((SECONDS - t4)) s"
 finish

@@ -1128,7 +1128,7 @@ test_placed(void **state)
 	recs_free(rs);
 
 	/* a conversion names the entry exactly; a wrong one changes
-	 * nothing and poisons the transaction */
+	 * nothing (the caller gives the transaction up) */
 	assert_int_equal(journal_begin(f->j), 0);
 	assert_int_equal(journal_convert(f->j, 1, 1, 65536, 65536, b), -1);
 	assert_non_null(strstr(journal_error(f->j), "no placed write"));
