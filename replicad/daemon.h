@@ -125,7 +125,7 @@ struct pvm {
 				 * (the image writer or main writes; main and
 				 * the shipper read: atomic) */
 	/*
-	 * The image writer (vm.c): a thread that writes committed journal
+	 * The image writer (imgw.c): a thread that writes committed journal
 	 * entries to the images while the main thread goes on with the next
 	 * requests.  Main queues each commit's writes (handing over their
 	 * data) and waits for the queue to drain before it reads or writes
@@ -258,11 +258,6 @@ void catchup_view(struct pvm *vm, uint64_t *last, uint64_t *cb,
 uint64_t vm_cut_point(struct pvm *vm, enum point_kind kind,
     const char *label, uint64_t *seq, char *err, size_t errlen);
 void vm_tick(struct pvm *vm, int64_t now_ms);
-/* Before the links are freed (the image writer wakes them). */
-void vm_unlink(struct pvm *vm);
-/* Until every queued write is in the images; did an image write fail? */
-void iw_drain(struct pvm *vm);
-int iw_broken(struct pvm *vm);
 void vm_acked(struct pvm *vm, uint64_t seq, uint64_t point);
 json_t *vm_status_json(struct pvm *vm, int64_t now_ms);
 json_t *vm_points_json(struct pvm *vm);
@@ -272,6 +267,21 @@ int vm_set_paused(struct pvm *vm, int paused, char *err, size_t errlen);
 /* A message from the shipper thread (main thread). */
 void vm_on_ship_msg(struct pvm *vm, enum smsg_type type, uint64_t a,
     uint64_t b);
+
+/* imgw.c: the image writer (main thread's side) */
+int img_sync(struct pvm *vm);
+int iw_start(struct pvm *vm);
+void iw_stop(struct pvm *vm);
+/* Hand a commit's writes OPS[0..N) to the writer; SEQ is the journal's
+ * last committed seq. */
+int iw_queue(struct pvm *vm, struct pop *ops, size_t n, uint64_t seq);
+/* Until every queued write is in the images; did an image write fail? */
+void iw_drain(struct pvm *vm);
+int iw_broken(struct pvm *vm);
+/* Main synced the images itself with the writer drained. */
+void iw_synced(struct pvm *vm);
+/* Before the links are freed (the image writer wakes them). */
+void vm_unlink(struct pvm *vm);
 
 /* placed.c (main thread, but for pl_ship_read) */
 #define PL_PIECE	JOURNAL_MAX_ENTRY	/* a placed entry's range */

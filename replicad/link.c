@@ -70,6 +70,7 @@ struct link {
 static void link_step(struct link *l);
 
 #define WAKE_COALESCE_US 1000	/* journal growth gathered before a pump */
+#define PUMP_ROUNDS	64	/* pump()'s turns before the loop's other events */
 
 static const char *state_names[] = { "idle", "connecting", "handshake",
 	"authenticating", "opening", "starting", "hello", "ready" };
@@ -463,8 +464,9 @@ pump(struct link *l)
 {
 	char err[256], remote[sizeof(l->why)] = "";
 	ssize_t n;
+	int round;
 
-	for (int round = 0; round < 64; round++) {
+	for (round = 0; round < PUMP_ROUNDS; round++) {
 		int moved = 0, shut = 0, eof = 0;
 
 		/* outbound */
@@ -562,6 +564,12 @@ pump(struct link *l)
 		if (!moved)
 			break;
 	}
+	/* Out of rounds with work left: what the last round queued lies in
+	 * l->out, and no socket event may come for it (the peer waits for
+	 * it), so pump again once the loop has looked at its other events.
+	 * An initial copy once stalled here for good. */
+	if (round == PUMP_ROUNDS)
+		link_pump_later(l, 0);
 }
 
 static void

@@ -357,21 +357,29 @@ for id in $(points); do
 	fo_check "$id" "${IMG[$id]}" "point $id (${WHAT[$id]}) fails over to the primary's bytes"
 done
 
+# start_writer FLUSHED CUTS: lw's writer in the background (wpid),
+# logging its flushes to FLUSHED, and a point cut every 0.3 s with the
+# ids in CUTS (cpid), until $T/stop exists
+start_writer() {
+	rm -f "$T/stop"
+	: >"$1"
+	: >"$2"
+	lw writer "$URI" "$1" 0.004 &
+	wpid=$!
+	(
+		while [ ! -e "$T/stop" ]; do
+			sleep 0.3
+			ra --json checkpoint web01 2>/dev/null | jget point >>"$2" 2>/dev/null || true
+		done
+	) &
+	cpid=$!
+}
+
 # 2. kill -9 of the primary while a client rewrites large pieces and
 #    points are cut, shipping paused
 ra pause web01 >/dev/null
 capture "$T/pre2.img"
-: >"$T/flushed.log"
-: >"$T/cut.txt"
-lw writer "$URI" "$T/flushed.log" 0.004 &
-wpid=$!
-(
-	while [ ! -e "$T/stop" ]; do
-		sleep 0.3
-		ra --json checkpoint web01 2>/dev/null | jget point >>"$T/cut.txt" 2>/dev/null || true
-	done
-) &
-cpid=$!
+start_writer "$T/flushed.log" "$T/cut.txt"
 sleep 3
 crash_a
 touch "$T/stop"
@@ -434,8 +442,8 @@ lround=0
 # live_rounds N: N more rounds, each: write, flush, capture, cut a point,
 # note how far the DR site is behind as the next round begins
 live_rounds() {
-	local i id
-	for i in $(seq "$1"); do
+	local _ id
+	for _ in $(seq "$1"); do
 		lround=$((lround + 1))
 		lw live "$URI" "$lround" || die "live round $lround: the NBD client failed"
 		capture "$T/l$lround.img"
@@ -486,26 +494,17 @@ stop_a
 write_configs
 start_a
 wait_replicating || die "site-a did not resume replicating after the restart"
+lcaps=()
+for k in $(seq "$lround"); do lcaps+=("$T/l$k.img"); done
 check "the captures hold the ${#p3[@]} rounds as written" \
-	lw lmodel "$T/pre3.img" $(for k in $(seq "$lround"); do echo "$T/l$k.img"; done)
+	lw lmodel "$T/pre3.img" "${lcaps[@]}"
 echo "     part 3 took $((SECONDS - t3)) s"
 
 # 4. a clean stop of the primary while a client streams large writes,
 #    shipping live, points cut meanwhile
 t4=$SECONDS
 capture "$T/pre4.img"
-: >"$T/flushed4.log"
-: >"$T/cut4.txt"
-rm -f "$T/stop"
-lw writer "$URI" "$T/flushed4.log" 0.004 &
-wpid=$!
-(
-	while [ ! -e "$T/stop" ]; do
-		sleep 0.3
-		ra --json checkpoint web01 2>/dev/null | jget point >>"$T/cut4.txt" 2>/dev/null || true
-	done
-) &
-cpid=$!
+start_writer "$T/flushed4.log" "$T/cut4.txt"
 sleep 2
 check "shipping is live as the primary is stopped" \
 	test "$(ra --json status web01 | jget vms 0 state)" = replicating
