@@ -168,7 +168,8 @@ struct pvm {
 					 * daemon.mu: see catchup_view() */
 	int cu_wanted;		/* main: the shipper asked for a catch-up */
 	int cu_sent;		/* main: every chunk of cu_base was sent */
-	int img_unsynced;	/* main: image writes outside the journal */
+	int img_unsynced;	/* main: image writes outside the journal
+				 * (the dirty map's, placed writes) */
 	uint64_t chunk_base[MAX_DISKS];	/* first global chunk of a disk */
 	uint64_t nchunks;
 	uint8_t *marked;	/* main: the map's durable bits, by global
@@ -201,8 +202,6 @@ struct pvm {
 	int pl_mu_init;
 	uint64_t pl_gen;	/* under pl_mu; the shipper loads it atomic */
 	int pl_copied;		/* main: the open batch copied a piece */
-	int placed_unsynced;	/* main: placed writes since the images'
-				 * last sync */
 	int iw_wake_ship;	/* atomic: the shipper waits for written_seq */
 	/* the shipper's window of placed pieces (pl_ship_read) */
 	uint8_t *ship_win;

@@ -364,7 +364,7 @@ pl_placed(struct pvm *vm, uint32_t disk, uint64_t off, uint64_t seq)
 
 	undo_push(vm, key);
 	map_set(&vm->pl, key, seq, vm->pl_epoch);
-	vm->placed_unsynced = 1;
+	vm->img_unsynced = 1;	/* its data is in the image only */
 }
 
 /* An entry with data, or a zeroing, went into the open transaction. */

@@ -514,26 +514,21 @@ vm_commit(struct pvm *vm)
 			err = EIO;
 		}
 	}
-	/* placed writes are durable in the images only */
-	if (!err && vm->need_sync && vm->placed_unsynced) {
+	if (!err && vm->need_sync && vm_journal_sync(vm) != 0) {
+		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
+		err = EIO;
+	}
+	/* placed writes (placed.c) and writes the dirty map tracks are
+	 * durable in the images only: one sync for both, once the image
+	 * writer has them */
+	if (!err && vm->need_sync && vm->img_unsynced) {
 		iw_drain(vm);
 		if (iw_broken(vm) || img_sync(vm) != 0)
 			err = EIO;
 		else {
 			iw_synced(vm);
-			vm->placed_unsynced = 0;
-		}
-	}
-	if (!err && vm->need_sync && vm_journal_sync(vm) != 0) {
-		log_warnx("vm %s: %s", vm->cfg->name, journal_error(vm->j));
-		err = EIO;
-	}
-	/* writes tracked by the dirty map are durable in the image only */
-	if (!err && vm->need_sync && vm->img_unsynced) {
-		if (img_sync(vm) != 0)
-			err = EIO;
-		else
 			vm->img_unsynced = 0;
+		}
 	}
 	batch_done(vm, err);
 	if (!err && vm->link)

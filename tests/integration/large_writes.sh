@@ -357,6 +357,14 @@ for id in $(points); do
 	fo_check "$id" "${IMG[$id]}" "point $id (${WHAT[$id]}) fails over to the primary's bytes"
 done
 
+# fo_copy POINT DEST: fail web01 over to POINT on the DR site, copy the
+# disk to DEST, and cancel; fails if the failover does
+fo_copy() {
+	rb --json failover web01 --point "$1" >"$T/fo.json" || return 1
+	cp "$(jget disks 0 path <"$T/fo.json")" "$2" || return 1
+	rb cancel web01 >/dev/null
+}
+
 # start_writer FLUSHED CUTS: lw's writer in the background (wpid),
 # logging its flushes to FLUSHED, and a point cut every 0.3 s with the
 # ids in CUTS (cpid), until $T/stop exists
@@ -415,10 +423,8 @@ for id in $ids; do
 		fo_check "$id" "${IMG[$id]}" "after the crash: point $id (${WHAT[$id]}) fails over to the primary's bytes"
 		continue
 	fi
-	if rb --json failover web01 --point "$id" >"$T/fo.json"; then
+	if fo_copy "$id" "$T/q$id.img"; then
 		ok "after the crash: point $id fails over"
-		cp "$(jget disks 0 path <"$T/fo.json")" "$T/q$id.img"
-		rb cancel web01 >/dev/null
 		during+=("$T/q$id.img")
 	else
 		not_ok "after the crash: point $id fails over"
@@ -552,9 +558,7 @@ check "every point the primary returned is listed on the DR site" listed "$id" "
 fo_check "$id" "$T/after4.img" "after the stop: point $id fails over to the primary's bytes"
 during=()
 for c in "${cut4[@]}"; do
-	if rb --json failover web01 --point "$c" >"$T/fo.json"; then
-		cp "$(jget disks 0 path <"$T/fo.json")" "$T/s$c.img"
-		rb cancel web01 >/dev/null
+	if fo_copy "$c" "$T/s$c.img"; then
 		during+=("$T/s$c.img")
 	else
 		not_ok "after the stop: point $c fails over"
